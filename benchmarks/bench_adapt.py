@@ -29,13 +29,13 @@ def per_user_inner_loop(
     adapted = []
     for b in range(initial.shape[0]):
         one = Support(*(t[b : b + 1] for t in vars(support).values()))
-        step = rule.lr / (one.mask.sum() + rule.prior)
+        scale = 1.0 / (one.mask.sum() + rule.prior)
         user = initial[b : b + 1]
         for _ in range(rule.steps):
             user = user.detach().requires_grad_(True)
             loss = support_loss(user, items, one, rule.rating_weight).sum()
             (grad,) = torch.autograd.grad(loss, user)
-            user = user - step * grad
+            user = user - scale * grad @ rule.preconditioner.T
         adapted.append(user.detach())
     return torch.cat(adapted)
 
@@ -54,6 +54,7 @@ def random_problem(n_users: int, n_support: int, n_items: int, dim: int, seed: i
         items=torch.randint(0, n_items, (n_users, n_support), generator=gen),
         mask=mask,
         ratings=mask * torch.randint(1, 6, (n_users, n_support), generator=gen).float(),
+        rated=mask * (torch.rand(n_users, n_support, generator=gen) < 0.7).float(),
         user_features=torch.zeros(n_users, 0, dtype=torch.long),
     )
     initial = torch.randn(n_users, dim, generator=gen) * 0.1
@@ -80,7 +81,10 @@ def main() -> None:
     args = parser.parse_args()
     initial, items, support = random_problem(args.users, args.support, args.items, args.dim)
     rule = InnerRule(
-        lr=torch.ones(args.dim), prior=torch.tensor(3.0), rating_weight=0.05, steps=args.steps
+        preconditioner=torch.eye(args.dim) + 0.01 * torch.randn(args.dim, args.dim),
+        prior=torch.tensor(3.0),
+        rating_weight=0.05,
+        steps=args.steps,
     )
     with torch.no_grad():
         batched = inner_loop(initial, items, support, rule)

@@ -49,6 +49,7 @@ class Support:
     items: torch.Tensor  # (B, S) int64, padded with 0
     mask: torch.Tensor  # (B, S) float32, 1 for a real interaction
     ratings: torch.Tensor  # (B, S) float32, 0 where padded or implicit
+    rated: torch.Tensor  # (B, S) float32, 1 where `ratings` holds a known rating
     user_features: torch.Tensor  # (B, F) int64 side-feature codes, 0 = unknown
 
     def to(self, device: torch.device | str) -> Support:
@@ -102,19 +103,25 @@ def support_batch(
     index = np.where(mask, starts[:, None] + cols[None, :], 0)
     items = np.where(mask, seqs.items[index], 0)
     ratings = np.zeros(mask.shape, np.float32)
+    rated = np.zeros(mask.shape, np.float32)
     if seqs.ratings is not None:
         ratings = np.where(mask, seqs.ratings[index], 0.0).astype(np.float32)
+        rated = mask.astype(np.float32)
     return Support(
         items=torch.from_numpy(items.astype(np.int64)),
         mask=torch.from_numpy(mask.astype(np.float32)),
         ratings=torch.from_numpy(ratings),
+        rated=torch.from_numpy(rated),
         user_features=torch.from_numpy(features[users]),
     )
 
 
 def query_sets(seqs: Sequences, users: np.ndarray, ks: np.ndarray) -> list[np.ndarray]:
     """Everything after the first ks[b] interactions of users[b]."""
-    return [seqs.items[seqs.offsets[u] + k : seqs.offsets[u + 1]] for u, k in zip(users, ks, strict=True)]
+    return [
+        seqs.items[seqs.offsets[u] + k : seqs.offsets[u + 1]]
+        for u, k in zip(users, ks, strict=True)
+    ]
 
 
 def eligible_test_users(seqs: Sequences, split: UserSplit, max_k: int) -> np.ndarray:

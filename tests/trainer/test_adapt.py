@@ -7,8 +7,13 @@ from trainer.adapt import InnerRule, inner_loop, scores, support_gradient, suppo
 
 
 def _rule(dim: int, steps: int = 5) -> InnerRule:
-    lr = torch.linspace(0.5, 1.5, dim)
-    return InnerRule(lr=lr, prior=torch.tensor(2.0), rating_weight=0.1, steps=steps)
+    gen = torch.Generator().manual_seed(1)
+    preconditioner = torch.diag(torch.linspace(0.5, 1.5, dim)) + 0.1 * torch.randn(
+        dim, dim, generator=gen
+    )
+    return InnerRule(
+        preconditioner=preconditioner, prior=torch.tensor(2.0), rating_weight=0.1, steps=steps
+    )
 
 
 def test_closed_form_gradient_equals_autograd() -> None:
@@ -33,11 +38,13 @@ def test_batched_inner_loop_equals_per_user_loop() -> None:
 def test_empty_support_keeps_the_prior_and_evidence_scales_the_step() -> None:
     users, items, support = random_problem(n_users=4, n_support=5, n_items=20, dim=6)
     support.mask[0] = 0
+    support.rated[0] = 0
     adapted = inner_loop(users, items, support, _rule(6, steps=1))
     torch.testing.assert_close(adapted[0], users[0])
     grad = support_gradient(users, items, support, 0.1)
     n = support.mask.sum(1, keepdim=True)
-    torch.testing.assert_close(adapted - users, -_rule(6).lr * grad / (n + 2.0))
+    expected = -(grad @ _rule(6).preconditioner.T) / (n + 2.0)
+    torch.testing.assert_close(adapted - users, expected)
 
 
 def test_second_order_gradient_differs_from_first_order() -> None:

@@ -1,0 +1,121 @@
+"""The trained model as the service uses it: id maps, batched adaptation, top-k.
+
+The service never re-implements the math: adaptation is the trainer's own
+`inner_loop`, started from the model's own initialisation, and scoring is
+`trainer.adapt.scores`. This module only translates between the raw ids and
+feature values of the outside world and the model's tensor indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from trainer.adapt import inner_loop
+from trainer.artifact import Artifact
+from trainer.errors import ColdstartError
+from trainer.split import Support
+
+
+class UnknownFeatureError(ColdstartError):
+    """A request named a side feature the model does not know."""
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """One applied event, as re-adaptation needs it."""
+
+    item: int  # item index in this model's catalogue
+    rating: float | None  # the rating of a rating event, None for clicks, views, purchases
+
+
+class ServingModel:
+    def __init__(self, artifact: Artifact) -> None:
+        model = artifact.model.eval()
+        self.version = artifact.version
+        self.item_ids: list[str] = artifact.item_ids
+        self.item_index = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        self.feature_names: list[str] = list(artifact.manifest["user_features"])
+        self._codes = [
+            {value: code for code, value in enumerate(values)}
+            for values in artifact.manifest["user_features"].values()
+        ]
+        with torch.no_grad():
+            self.tables = model.item_tables()
+            self.rule = model.rule()
+            self.prior = model.initial_users(torch.zeros(1, len(self._codes), dtype=torch.long))[0]
+        self._model = model
+
+    @property
+    def dim(self) -> int:
+        return self.prior.shape[0]
+
+    def feature_codes(self, features: Mapping[str, str]) -> torch.Tensor:
+        """(F,) codes; an unknown value is code 0 (unknown), an unknown name is an error."""
+        unknown = sorted(set(features) - set(self.feature_names))
+        if unknown:
+            raise UnknownFeatureError(
+                f"unknown feature {', '.join(unknown)}; this model knows "
+                f"{', '.join(self.feature_names) or 'none'}"
+            )
+        return torch.tensor(
+            [
+                codes.get(features.get(name, ""), 0)
+                for name, codes in zip(self.feature_names, self._codes, strict=True)
+            ],
+            dtype=torch.long,
+        )
+
+    def initial(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F) codes -> (B, d) zero-history vectors."""
+        with torch.no_grad():
+            return self._model.initial_users(features)
+
+    def adapt(
+        self, histories: Sequence[Sequence[Interaction]], features: torch.Tensor
+    ) -> torch.Tensor:
+        """Re-adapts every user from the initialisation on its whole history, in one batched
+        call: (B, d). Starting from the initialisation each time (not from the stored vector)
+        makes the result a function of the history alone, so replays and restarts agree."""
+        width = max((len(h) for h in histories), default=0) or 1
+        items = torch.zeros(len(histories), width, dtype=torch.long)
+        mask = torch.zeros(len(histories), width)
+        ratings = torch.zeros(len(histories), width)
+        rated = torch.zeros(len(histories), width)
+        for row, history in enumerate(histories):
+            for col, event in enumerate(history):
+                items[row, col], mask[row, col] = event.item, 1.0
+                if event.rating is not None:
+                    ratings[row, col], rated[row, col] = event.rating, 1.0
+        support = Support(items, mask, ratings, rated, features)
+        with torch.no_grad():
+            return inner_loop(self.initial(features), self.tables, support, self.rule)
+
+    def scores(self, vector: torch.Tensor) -> torch.Tensor:
+        """(d,) -> (I,) scores over the catalogue: one matrix-vector product."""
+        return self.tables.vectors @ vector + self.tables.bias
+
+    def top_k(
+        self,
+        vector: torch.Tensor,
+        k: int,
+        exclude: Sequence[int] = (),
+        candidates: Sequence[int] | None = None,
+    ) -> list[tuple[str, float]]:
+        """The k best items, excluding `exclude`, among `candidates` when given."""
+        scores = self.scores(vector)
+        if candidates is not None:
+            allowed = torch.full_like(scores, -torch.inf)
+            index = torch.as_tensor(list(candidates), dtype=torch.long)
+            allowed[index] = scores[index]
+            scores = allowed
+        if exclude:
+            scores[torch.as_tensor(list(exclude), dtype=torch.long)] = -torch.inf
+        best = torch.topk(scores, min(k, scores.shape[0]))
+        return [
+            (self.item_ids[i], float(s))
+            for i, s in zip(best.indices.tolist(), best.values.tolist(), strict=True)
+            if s != -torch.inf
+        ]
