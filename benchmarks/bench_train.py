@@ -1,0 +1,67 @@
+"""Meta-training speed and the quality it reaches, on one device.
+
+Prints one JSON object: wall time, outer steps, tasks (episodes) per second,
+the validation NDCG@20 that selected the model, and the test NDCG@20 of the
+selected model at each support size.
+
+    python benchmarks/bench_train.py --data ../shared/data/ml-1m --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+import torch
+
+from trainer.cli import resolve_device
+from trainer.data import load_dataset
+from trainer.episodes import make_context, rank_metrics
+from trainer.model import ModelConfig
+from trainer.split import eligible_test_users
+from trainer.train import TrainConfig, meta_train, score_fn
+
+SUPPORT_SIZES = [0, 1, 3, 5, 10, 20]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--meta-steps", type=int, default=TrainConfig.meta_steps)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    data = load_dataset(args.data)
+    ctx = make_context(data, args.seed, SUPPORT_SIZES, device)
+    model, summary = meta_train(
+        ctx, ModelConfig(), TrainConfig(meta_steps=args.meta_steps), progress=False
+    )
+    test = eligible_test_users(ctx.seqs, ctx.split, max(SUPPORT_SIZES))
+    test_ndcg = {
+        str(k): round(float(rank_metrics(score_fn(model), ctx, test, k)[1].mean()), 4)
+        for k in SUPPORT_SIZES
+    }
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    print(
+        json.dumps(
+            {
+                "data": data.name,
+                "device": str(device),
+                "device_name": name,
+                "seed": args.seed,
+                "threads": torch.get_num_threads(),
+                "wall_s": round(summary["seconds"], 1),
+                "steps": summary["steps"],
+                "best_step": summary["best_step"],
+                "tasks_per_s": round(summary["tasks_per_s"], 1),
+                "valid_ndcg@20": round(summary["valid_ndcg@20"], 4),
+                "test_ndcg@20": test_ndcg,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

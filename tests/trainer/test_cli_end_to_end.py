@@ -1,0 +1,60 @@
+"""`coldstart synth`, `train` and `evaluate` end to end on synthetic data, and the
+one-line errors a user sees for bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from service.cli import main
+
+
+def test_train_then_evaluate_beats_popularity(tmp_path: Path, capsys) -> None:
+    data, model, out = tmp_path / "data", tmp_path / "model", tmp_path / "eval"
+    assert main(["synth", "--out", str(data), "--users", "500", "--items", "120"]) == 0
+    train = ["train", "--data", str(data), "--out", str(model), "--device", "cpu"]
+    assert main([*train, "--meta-steps", "120", "--eval-every", "40", "--dim", "16"]) == 0
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and manifest["validation"]["valid_ndcg@20"] > 0
+    evaluate = ["evaluate", "--data", str(data), "--out", str(out), "--model", str(model)]
+    assert main([*evaluate, "--support-sizes", "0,3,10"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == {"popularity", "item_knn", "mf_finetune", "melu", "coldstart"}
+    ours, popularity = results["methods"]["coldstart"], results["methods"]["popularity"]
+    for k in ("3", "10"):
+        assert ours[k]["ndcg@20"] > popularity[k]["ndcg@20"]
+        assert ours[k]["mae"] is not None
+    assert (out / "ndcg.png").stat().st_size > 0
+    assert "coldstart" in (out / "results.md").read_text()
+    assert "| ndcg@20 |" in capsys.readouterr().out
+
+
+def test_malformed_data_is_one_line_with_exit_code_2(tmp_path: Path, capsys) -> None:
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,rating\nu1,i1,x\n")
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m")])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert error.startswith("coldstart: error: interactions.csv line 2")
+    assert "\n" not in error
+
+
+def test_a_corrupt_model_is_refused_with_exit_code_2(tmp_path: Path, capsys) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "manifest.json").write_text("{")
+    main(["synth", "--out", str(tmp_path / "data"), "--users", "50", "--items", "20"])
+    capsys.readouterr()
+    evaluate = ["evaluate", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "e")]
+    assert main([*evaluate, "--model", str(tmp_path / "model")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    main(["synth", "--out", str(tmp_path / "d"), "--users", "50", "--items", "20"])
+    code = main(
+        ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "m"), "--device", "cuda"]
+    )
+    assert code == 2
+    assert "no CUDA device" in capsys.readouterr().err

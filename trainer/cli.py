@@ -1,0 +1,174 @@
+"""The trainer's commands: `synth`, `train` and `evaluate`.
+
+Config flags are generated from the config dataclasses (ModelConfig,
+TrainConfig), so every field is settable from the command line and an
+unknown flag is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from trainer import artifact
+from trainer.data import FORMATS, load_dataset
+from trainer.episodes import make_context
+from trainer.errors import ColdstartError
+from trainer.evaluate import PROTOCOLS, EvalOptions
+from trainer.evaluate import run as run_evaluation
+from trainer.model import ModelConfig
+from trainer.synth import write_synthetic
+from trainer.train import TrainConfig, meta_train
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SUPPORT_SIZES = "0,1,3,5,10,20"
+DEFAULT_SEEDS = [0, 1, 2]
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ColdstartError("--device cuda: no CUDA device is available (try --device auto)")
+    return torch.device(name)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: need one or more integers >= 0")
+    return values
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
+    for field in dataclasses.fields(config_class):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            kind = {"int": int, "float": float}.get(field.type, field.type)
+            parser.add_argument(flag, type=kind, default=field.default, help="default %(default)s")
+
+
+def _config(config_class: type, args: argparse.Namespace):
+    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="data set directory")
+    parser.add_argument("--format", choices=FORMATS, help="force a layout instead of detecting it")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    write_synthetic(args.out, args.users, args.items, args.seed)
+    print(f"wrote a synthetic data set ({args.users} users, {args.items} items) to {args.out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    data = load_dataset(args.data, args.format)
+    device = resolve_device(args.device)
+    ctx = make_context(data, args.seed, args.support_sizes, device)
+    log.info(
+        "meta-training on %s (%d users, %d items) on %s",
+        data.name,
+        data.n_users,
+        data.n_items,
+        device,
+    )
+    started = time.perf_counter()
+    model, summary = meta_train(ctx, _config(ModelConfig, args), _config(TrainConfig, args))
+    extra = {
+        "seed": args.seed,
+        "support_sizes": args.support_sizes,
+        "train_config": dataclasses.asdict(_config(TrainConfig, args)),
+        "validation": {k: summary[k] for k in ("valid_ndcg@20", "best_step")},
+        "training": {"device": str(device), "seconds": round(time.perf_counter() - started, 1)},
+    }
+    manifest = artifact.save(model, data, args.out, extra)
+    print(
+        json.dumps(
+            {
+                "model_version": manifest["model_version"],
+                "out": str(args.out),
+                **extra["validation"],
+                **extra["training"],
+            }
+        )
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    data = load_dataset(args.data, args.format)
+    loaded = artifact.load(args.model) if args.model else None
+    seeds = args.seeds or DEFAULT_SEEDS
+    if loaded is not None:
+        seeds = _artifact_seeds(loaded, data, args.seeds)
+    options = EvalOptions(
+        support_sizes=args.support_sizes,
+        seeds=seeds,
+        protocol=args.protocol,
+        device=resolve_device(args.device),
+        model_config=_config(ModelConfig, args),
+        train_config=_config(TrainConfig, args),
+    )
+    run_evaluation(data, args.out, options, loaded)
+    print((args.out / "results.md").read_text())
+
+
+def _artifact_seeds(loaded: artifact.Artifact, data, requested: list[int] | None) -> list[int]:
+    """A trained model can only be tested on its own split: other seeds' test users are its
+    training users."""
+    if loaded.manifest["dataset"]["fingerprint"] != artifact.data_fingerprint(data):
+        raise ColdstartError("--model was trained on different data than --data")
+    seed = loaded.manifest.get("seed")
+    if requested not in (None, [seed]):
+        raise ColdstartError(f"--model was trained on the split of seed {seed}; drop --seeds")
+    return [seed]
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    synth = commands.add_parser("synth", help="write a synthetic data set (generic CSV layout)")
+    synth.add_argument("--out", required=True, type=Path)
+    synth.add_argument("--users", type=int, default=600)
+    synth.add_argument("--items", type=int, default=300)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(run=cmd_synth)
+
+    train = commands.add_parser("train", help="meta-train a model and write its artifact")
+    _add_data_flags(train)
+    train.add_argument("--out", required=True, type=Path, help="model directory to write")
+    train.add_argument("--seed", type=int, default=0, help="user split and initialisation")
+    train.add_argument(
+        "--support-sizes",
+        type=_int_list,
+        default=DEFAULT_SUPPORT_SIZES,
+        help="k values validation averages over",
+    )
+    _add_config_flags(train, ModelConfig)
+    _add_config_flags(train, TrainConfig)
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="compare coldstart with the baselines")
+    _add_data_flags(evaluate)
+    evaluate.add_argument("--out", required=True, type=Path, help="directory for the results")
+    evaluate.add_argument("--model", type=Path, help="evaluate this artifact on its own split")
+    evaluate.add_argument("--support-sizes", type=_int_list, default=DEFAULT_SUPPORT_SIZES)
+    evaluate.add_argument("--seeds", type=_int_list, help="default 0,1,2 (one model each)")
+    evaluate.add_argument("--protocol", choices=PROTOCOLS, default="coldstart")
+    _add_config_flags(evaluate, ModelConfig)
+    _add_config_flags(evaluate, TrainConfig)
+    evaluate.set_defaults(run=cmd_evaluate)

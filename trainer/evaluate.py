@@ -1,0 +1,208 @@
+"""Offline evaluation: every method on identical users and support/query splits.
+
+`coldstart` protocol (DESIGN.md): each seed is a different user split; test
+users with at least max(k) + 5 interactions; the first k in protocol order are
+the support set, everything after is the query; ranking over the whole
+catalogue minus the support items. `melu` protocol (Lee et al., KDD 2019):
+users with 13 to 100 ratings, 10 random query items, the rest as support,
+with MAE, RMSE and NDCG@3 over the query items so numbers sit beside the
+literature's. Per-seed numbers are means over test users; reported numbers
+are means over seeds, with the standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer import adapt
+from trainer.artifact import Artifact
+from trainer.baselines.item_knn import ItemKNN
+from trainer.baselines.melu import MeLU
+from trainer.baselines.mf import MatrixFactorisation
+from trainer.baselines.popularity import Popularity
+from trainer.data import Dataset
+from trainer.episodes import Context, batches, make_context, rank_metrics
+from trainer.metrics import graded_ndcg, mae_rmse
+from trainer.model import ModelConfig
+from trainer.split import eligible_test_users
+from trainer.train import TrainConfig, meta_train
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("coldstart", "melu")
+MELU_QUERY = 10  # query items per user in the MeLU protocol
+MELU_LENGTHS = (13, 100)  # users with this many ratings, inclusive
+MELU_KEY = "rest"  # the support-size key of the MeLU protocol: all but the query items
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    support_sizes: list[int]  # k values of the coldstart protocol
+    seeds: list[int]  # one user split (and one trained model) per seed
+    protocol: str  # one of PROTOCOLS
+    device: torch.device
+    model_config: ModelConfig  # for the per-seed training when no artifact is given
+    train_config: TrainConfig
+
+
+class ColdStart:
+    """Our model as an evaluated method: meta-trained per seed unless an artifact is given."""
+
+    name = "coldstart"
+
+    def __init__(
+        self, model_config: ModelConfig, train_config: TrainConfig, artifact: Artifact | None
+    ) -> None:
+        self.model_config, self.train_config = model_config, train_config
+        self.model = artifact.model if artifact else None
+
+    def fit(self, ctx: Context) -> None:
+        if self.model is None:
+            self.model, _ = meta_train(ctx, self.model_config, self.train_config)
+        self.model = self.model.to(ctx.device)
+
+    def scores(self, support) -> torch.Tensor:
+        return adapt.scores(self.model.adapt(support), self.model.item_tables())
+
+    def ratings(self, support) -> torch.Tensor | None:
+        if not self.model.has_ratings:
+            return None
+        return adapt.ratings(self.model.adapt(support), self.model.item_tables())
+
+
+def _rating_metrics(method, ctx: Context, users: np.ndarray, ks: np.ndarray) -> dict:
+    """Per-user MAE, RMSE and graded NDCG@3 over the query items (NaN without ratings)."""
+    maes, rmses, ndcg3 = [], [], []
+    for chunk, chunk_ks, support in batches(ctx, users, ks):
+        with torch.no_grad():
+            predicted = method.ratings(support)
+            ranking = method.scores(support) if predicted is None else predicted
+        for row, (user, k) in enumerate(zip(chunk, chunk_ks, strict=True)):
+            span = slice(ctx.seqs.offsets[user] + k, ctx.seqs.offsets[user + 1])
+            items, truth = ctx.seqs.items[span], ctx.seqs.ratings[span]
+            ndcg3.append(graded_ndcg(ranking[row, items].cpu().numpy(), truth, 3))
+            mae, rmse = np.nan, np.nan
+            if predicted is not None:
+                mae, rmse = mae_rmse(predicted[row, items].cpu().numpy(), truth)
+            maes.append(mae)
+            rmses.append(rmse)
+    return {"mae": np.array(maes), "rmse": np.array(rmses), "ndcg@3": np.array(ndcg3)}
+
+
+def _episode_metrics(method, ctx: Context, users: np.ndarray, ks: np.ndarray) -> dict:
+    recall, ndcg = rank_metrics(method.scores, ctx, users, ks)
+    numbers = {"recall@20": recall.mean(), "ndcg@20": ndcg.mean()}
+    if ctx.seqs.ratings is not None:
+        numbers |= {name: v.mean() for name, v in _rating_metrics(method, ctx, users, ks).items()}
+    return {name: float(v) for name, v in numbers.items()}
+
+
+def _melu_users(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    test = ctx.split.test
+    lengths = ctx.seqs.lengths[test]
+    users = test[(lengths >= MELU_LENGTHS[0]) & (lengths <= MELU_LENGTHS[1])]
+    return users, ctx.seqs.lengths[users] - MELU_QUERY
+
+
+def evaluate_seed(data: Dataset, seed: int, methods: list, options: EvalOptions) -> dict:
+    """{method: {K: metrics}} on one seed's split, and the number of test users."""
+    if options.protocol == "melu":  # random order, as the MeLU paper's split
+        data = dataclasses.replace(data, timestamps=None)
+    ctx = make_context(data, seed, options.support_sizes, options.device)
+    if options.protocol == "melu":
+        users, ks = _melu_users(ctx)
+        episodes = {MELU_KEY: ks}
+    else:
+        users = eligible_test_users(ctx.seqs, ctx.split, max(options.support_sizes))
+        episodes = {str(k): np.full(len(users), k) for k in options.support_sizes}
+    results = {}
+    for method in methods:
+        log.info("seed %d: fitting %s", seed, method.name)
+        method.fit(ctx)
+        results[method.name] = {
+            key: _episode_metrics(method, ctx, users, ks) for key, ks in episodes.items()
+        }
+    return {"n_test_users": len(users), "methods": results}
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """Mean over seeds of every metric, plus the spread of NDCG@20 over seeds."""
+    combined = {}
+    for name, by_k in per_seed[0]["methods"].items():
+        combined[name] = {}
+        for key, metrics in by_k.items():
+            values = {m: [run["methods"][name][key][m] for run in per_seed] for m in metrics}
+            row = {m: _mean_or_none(v) for m, v in values.items()}
+            row["ndcg@20_std"] = float(np.std(values["ndcg@20"]))
+            row.setdefault("mae", None)
+            row.setdefault("rmse", None)
+            combined[name][key] = row
+    return combined
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    mean = float(np.mean(values))
+    return None if np.isnan(mean) else mean
+
+
+def all_methods(
+    model_config: ModelConfig, train_config: TrainConfig, artifact: Artifact | None
+) -> list:
+    steps = model_config.inner_steps
+    return [
+        Popularity(),
+        ItemKNN(),
+        MatrixFactorisation(inner_steps=steps),
+        MeLU(),
+        ColdStart(model_config, train_config, artifact),
+    ]
+
+
+def run(data: Dataset, out: Path, options: EvalOptions, artifact: Artifact | None) -> dict:
+    """Evaluates every method on every seed and writes results.json, results.md, ndcg.png."""
+    per_seed = []
+    for seed in options.seeds:
+        methods = all_methods(options.model_config, options.train_config, artifact)
+        per_seed.append(evaluate_seed(data, seed, methods, options))
+    results = {
+        "dataset": data.name,
+        "protocol": _protocol_description(options, data),
+        "n_test_users": per_seed[0]["n_test_users"],
+        "seeds": list(options.seeds),
+        "methods": aggregate(per_seed),
+        "per_seed": per_seed,
+        "model_config": dataclasses.asdict(options.model_config),
+        "train_config": dataclasses.asdict(options.train_config),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    # Imported here: the report module pulls in matplotlib, which training never needs.
+    from trainer.report import write_markdown, write_plot
+
+    write_markdown(results, out / "results.md")
+    write_plot(results, out / "ndcg.png")
+    return results
+
+
+def _protocol_description(options: EvalOptions, data: Dataset) -> dict:
+    if options.protocol == "melu":
+        return {
+            "name": "melu",
+            "users": f"test users with {MELU_LENGTHS[0]} to {MELU_LENGTHS[1]} interactions",
+            "order": "seeded shuffle",
+            "query": f"{MELU_QUERY} items; support: the rest (key '{MELU_KEY}')",
+        }
+    return {
+        "name": "coldstart",
+        "support_sizes": list(options.support_sizes),
+        "order": "time" if data.timestamps is not None else "seeded shuffle",
+        "split": "70/10/20 by seeded hash of the user id",
+        "ranking": "whole catalogue minus the support items",
+    }
