@@ -25,6 +25,7 @@ class ModelConfig:
     inner_steps: int = 5  # K: inner gradient steps on the support set
     init_inner_lr: float = 1.0  # starting per-dimension inner learning rate
     init_prior: float = 3.0  # starting prior strength (in interactions)
+    svd_scale: float = 3.0  # item vectors start at the training interactions' SVD times this
     rating_weight: float = 0.05  # weight of rating error in inner and outer loss; 0 = ranking only
     use_user_features: bool = True  # condition the prior on user side features
     use_item_features: bool = True  # add projected item features to item vectors
@@ -59,13 +60,17 @@ class ColdStartModel(nn.Module):
         for table in self.user_feature_embeddings:
             nn.init.zeros_(table.weight)
         self.log_inner_lr = nn.Parameter(torch.full((d,), math.log(config.init_inner_lr)))
-        self.inner_mixing = nn.Parameter(torch.zeros(d, d))  # off-diagonal part of P
+        self.inner_mixing = nn.Parameter(torch.zeros(d, d))  # M in P = diag(rates) (I + M)
         self.log_prior = nn.Parameter(torch.tensor(math.log(config.init_prior)))
 
-    def init_biases(self, log_popularity: torch.Tensor, mean_rating: float) -> None:
-        """Start the zero-shot score at popularity and ratings at the mean: k = 0 is then
-        popularity from the first step, and meta-training only has to improve on it."""
+    def init_from_data(
+        self, log_popularity: torch.Tensor, mean_rating: float, item_vectors: torch.Tensor
+    ) -> None:
+        """Start the zero-shot score at popularity, ratings at the mean and item vectors at a
+        factorisation of the training interactions: k = 0 is then popularity from the first
+        step, and meta-training only has to improve on it."""
         with torch.no_grad():
+            self.item_embedding.copy_(item_vectors)
             self.item_bias.copy_(log_popularity)
             self.rating_bias.fill_(mean_rating)
 
@@ -76,7 +81,10 @@ class ColdStartModel(nn.Module):
     def rule(self) -> InnerRule:
         weight = self.config.rating_weight if self.has_ratings else 0.0
         return InnerRule(
-            preconditioner=torch.diag(self.log_inner_lr.exp()) + self.inner_mixing,
+            # diag(rates) (I + M): M is relative to the rates, so one Adam step on it is
+            # equally small whatever scale the rates have.
+            preconditioner=self.log_inner_lr.exp().unsqueeze(1)
+            * (torch.eye(self.config.dim, device=self.inner_mixing.device) + self.inner_mixing),
             prior=self.log_prior.exp(),
             rating_weight=weight,
             steps=self.config.inner_steps,

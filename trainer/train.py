@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from trainer.adapt import ratings, scores
-from trainer.baselines.mf import MatrixFactorisation
+from trainer.data import Dataset
 from trainer.episodes import Context, validation_ndcg
 from trainer.model import ColdStartModel, ModelConfig
 from trainer.split import Support, support_batch
@@ -33,13 +33,13 @@ class TrainConfig:
     meta_steps: int = 3000  # outer steps at most
     users_per_step: int = 128  # episodes (training users) per outer step
     max_support: int = 20  # support sizes are drawn uniformly from 0..max_support
-    meta_lr: float = 3e-3  # Adam learning rate of the meta-parameters
-    weight_decay: float = 1e-5  # on the item tables, against over-fitting few training users
-    warm_start: bool = True  # start from plain MF's item tables, mean user and tuned step
-    item_lr_scale: float = 0.1  # item tables learn at this fraction of meta_lr (warm start)
+    meta_lr: float = 1e-3  # Adam learning rate of the meta-parameters
+    # Item vectors learn at this fraction of meta_lr. 0 keeps their SVD start: learned by
+    # the meta-objective from a few hundred training users they over-fit within ~100 steps.
+    item_lr_scale: float = 0.0
     first_order: bool = False  # drop second-order terms of the meta-gradient
-    eval_every: int = 100  # outer steps between validation runs
-    patience: int = 6  # validation runs without improvement before stopping
+    eval_every: int = 50  # outer steps between validation runs
+    patience: int = 4  # validation runs without improvement before stopping
 
 
 @dataclass(frozen=True)
@@ -99,42 +99,34 @@ def build_model(ctx: Context, config: ModelConfig) -> ColdStartModel:
     in_train = np.isin(data.users, train)
     counts = np.bincount(data.items[in_train], minlength=data.n_items)
     mean_rating = float(data.ratings[in_train].mean()) if data.ratings is not None else 0.0
-    model.init_biases(torch.from_numpy(np.log1p(counts)).float(), mean_rating)
+    vectors = svd_item_vectors(data, train, config.dim) * config.svd_scale
+    model.init_from_data(torch.from_numpy(np.log1p(counts)).float(), mean_rating, vectors)
     return model
 
 
-def warm_start(model: ColdStartModel, ctx: Context) -> dict:
-    """Start where matrix factorisation plus a tuned inner step ends up.
-
-    With a few hundred training users, item tables learned by the meta-objective
-    alone over-fit within a few hundred steps; MF on the training users' whole
-    histories, with weight decay chosen on validation users, gives far better
-    tables. Meta-learning then starts from MF's mean user and step (so at step 0
-    the model is exactly the mf_finetune baseline) and learns the feature-conditioned
-    prior, the full preconditioner and the prior strength, moving the item tables slowly.
-    """
-    config = model.config
-    mf = MatrixFactorisation(config.dim, config.inner_steps, rating_weight=config.rating_weight)
-    mf.fit(ctx)
-    with torch.no_grad():
-        model.item_embedding.copy_(mf.tables.vectors)
-        model.item_bias.copy_(mf.tables.bias)
-        model.rating_embedding.copy_(mf.tables.rating_vectors)
-        model.rating_bias.copy_(mf.tables.rating_bias)
-        model.user_prior.copy_(mf.mean_user)
-        model.log_inner_lr.copy_(mf.rule.preconditioner.diagonal().log())
-        model.log_prior.copy_(mf.rule.prior.log())
-    return mf.chosen
+def svd_item_vectors(data: Dataset, users: np.ndarray, dim: int) -> torch.Tensor:
+    """(I, dim) V_d S_d of the training users' interaction matrix with cosine-normalised
+    columns: V V^T is then the rank-d item-item cosine similarity that item-kNN ranks by,
+    so one inner step from the prior starts out as a low-rank item-kNN."""
+    rows = np.isin(data.users, users)
+    matrix = torch.zeros(data.n_users, data.n_items)
+    matrix[torch.from_numpy(data.users[rows]), torch.from_numpy(data.items[rows])] = 1.0
+    matrix = matrix / matrix.sum(0).clamp(min=1).sqrt()
+    torch.manual_seed(0)  # svd_lowrank's random projection: the same vectors every run
+    _, values, right = torch.svd_lowrank(matrix, q=min(dim + 10, *matrix.shape), niter=6)
+    return right[:, :dim] * values[:dim]
 
 
 def _optimizer(model: ColdStartModel, config: TrainConfig) -> torch.optim.Optimizer:
-    item_tables = [model.item_embedding, model.item_bias, model.rating_embedding, model.rating_bias]
-    item_ids = {id(p) for p in item_tables}
-    rest = [p for p in model.parameters() if id(p) not in item_ids]
-    item_lr = config.meta_lr * (config.item_lr_scale if config.warm_start else 1.0)
-    return torch.optim.Adam(
-        [{"params": item_tables, "lr": item_lr}, {"params": rest, "lr": config.meta_lr}]
-    )
+    slow = [model.item_embedding, model.feature_projection.weight]  # the item vectors
+    rest = [p for p in model.parameters() if all(p is not s for s in slow)]
+    groups = [{"params": rest, "lr": config.meta_lr}]
+    if config.item_lr_scale:
+        groups.append({"params": slow, "lr": config.meta_lr * config.item_lr_scale})
+    else:
+        for parameter in slow:
+            parameter.requires_grad_(False)
+    return torch.optim.Adam(groups)
 
 
 def score_fn(model: ColdStartModel):
@@ -150,7 +142,6 @@ def meta_train(
     rng = np.random.default_rng(ctx.seed)
     started = time.perf_counter()
     model = build_model(ctx, model_config).to(ctx.device)
-    pretrained = warm_start(model, ctx) if config.warm_start else None
     optimizer = _optimizer(model, config)
     users = ctx.split.train[ctx.seqs.lengths[ctx.split.train] >= 2]
     best = (validation_ndcg(score_fn(model), ctx), 0, copy.deepcopy(model.state_dict()))
@@ -162,7 +153,6 @@ def meta_train(
         support, query = sample_episodes(ctx, users, config, rng)
         support, query = support.to(ctx.device), _query_to(query, ctx.device)
         loss = query_loss(model, model.adapt(support, config.first_order), query)
-        loss = loss + config.weight_decay * model.item_embedding.pow(2).sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -185,7 +175,6 @@ def meta_train(
         "steps": step,
         "seconds": seconds,
         "tasks_per_s": step * config.users_per_step / seconds,
-        "warm_start": pretrained,
         "history": history,
     }
 

@@ -1,0 +1,260 @@
+"""The `serve` process: wires settings, local stack, model, store, consumer, gRPC and metrics.
+
+Why a `Service` object with start() and stop() rather than one long function:
+`coldstart serve`, `coldstart demo` and the tests all run the same wiring, the
+latter two in-process on free ports. Start order makes failures cheap (the
+model loads before any engine starts); stop order follows a Kubernetes
+shutdown: health turns NOT_SERVING first so probes steer traffic away, the
+consumer finishes its batch and commits, in-flight RPCs get the grace period,
+and only then do the clients and any embedded engines go.
+
+If the consumer thread dies, the process stops with a non-zero exit instead of
+serving ever staler states: an orchestrator restarts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType, TracebackType
+from wsgiref.simple_server import WSGIServer
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from service.localstack import LocalStack
+from service.metrics import Metrics
+from service.model import ServingModel
+from service.server import (
+    GrpcServer,
+    Ingestor,
+    KafkaEventSink,
+    Recommender,
+    RecommenderServicer,
+    start_server,
+)
+from service.settings import Settings
+from service.store import UserStore
+from service.stream import ConsumerConfig, EventConsumer
+from service.topics import create_topic
+from trainer import artifact
+
+logger = logging.getLogger(__name__)
+
+
+class CountingConsumer(EventConsumer):
+    """The stream's consumer, also counting the records each poll returns (its observer
+    interface has no hook for that yet)."""
+
+    def __init__(self, *args: object, metrics: Metrics, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.metrics = metrics
+
+    def step(self) -> int:
+        polled = super().step()
+        self.metrics.on_consumed(polled)
+        return polled
+
+
+def quiet_kafka() -> None:
+    """kafka-python 3 logs every connection step at INFO."""
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def serving_redis(url: str, timeout_s: float) -> redis.Redis:
+    """A Redis client for the request path: short timeouts and one immediate retry, so a
+    Redis outage turns into a DEGRADED answer within about 2 x timeout_s, not a hang."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1),
+    )
+
+
+class Service:
+    """One service process's parts; use as a context manager or call start() and stop()."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.model: ServingModel | None = None
+        self.metrics = Metrics(process=True)
+        self.stack: LocalStack | None = None
+        self.kafka_bootstrap = settings.kafka_bootstrap
+        self.redis_url = settings.redis_url
+        self.grpc: GrpcServer | None = None
+        self.metrics_server: WSGIServer | None = None
+        self.consumer: EventConsumer | None = None
+        self.failed = threading.Event()  # set when the consumer thread dies
+        self._consumer_thread: threading.Thread | None = None
+        self._stores: list[UserStore] = []
+        self._sink: KafkaEventSink | None = None
+
+    @property
+    def grpc_port(self) -> int:
+        assert self.grpc is not None, "start() first"
+        return self.grpc.port
+
+    @property
+    def metrics_port(self) -> int:
+        assert self.metrics_server is not None, "start() first"
+        return self.metrics_server.server_port
+
+    def __enter__(self) -> Service:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start everything; on failure stop what already started, then raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        s = self.settings
+        logger.info("settings: %s", s.describe())
+        self.model = ServingModel(artifact.load(s.model))
+        self.metrics.set_model(self.model.version, len(self.model.item_ids), self.model.dim)
+        logger.info(
+            "model %s: %s items, dim %s",
+            self.model.version,
+            len(self.model.item_ids),
+            self.model.dim,
+        )
+        self._start_missing_engines()
+        self.metrics_server = self.metrics.serve(s.metrics_host, s.metrics_port)
+        self._start_consumer()
+        serving_store = self._store(serving_redis(self.redis_url, s.redis_timeout_s))
+        self._sink = KafkaEventSink(self.kafka_bootstrap, s.topic)
+        servicer = RecommenderServicer(
+            Recommender(self.model, serving_store, self.metrics),
+            Ingestor(self.model.item_index, self._sink, self.metrics, s.max_stream_events),
+            self.metrics,
+        )
+        self.grpc = start_server(
+            servicer,
+            host=s.grpc_host,
+            port=s.grpc_port,
+            workers=s.grpc_workers,
+            max_concurrent_rpcs=s.max_concurrent_rpcs,
+            max_message_bytes=s.max_message_bytes,
+        )
+
+    def _start_missing_engines(self) -> None:
+        """Start a local broker and/or Redis for whatever endpoint the settings lack."""
+        want_kafka, want_redis = self.kafka_bootstrap is None, self.redis_url is None
+        if not (want_kafka or want_redis):
+            return
+        self.stack = LocalStack(kafka=want_kafka, redis=want_redis)
+        self.stack.start()
+        if want_kafka:
+            self.kafka_bootstrap = self.stack.kafka_bootstrap
+            partitions = self.settings.topic_partitions
+            for topic in (self.settings.topic, f"{self.settings.topic}.dlq"):
+                create_topic(self.kafka_bootstrap, topic, partitions)
+            logger.info(
+                "no --kafka-bootstrap given: started a local broker at %s", self.kafka_bootstrap
+            )
+        if want_redis:
+            self.redis_url = self.stack.redis_url
+            logger.info("no --redis-url given: started a local Redis at %s", self.redis_url)
+
+    def _store(self, client: redis.Redis) -> UserStore:
+        s = self.settings
+        store = UserStore(client, history_limit=s.history_limit, ttl_s=s.state_ttl_s or None)
+        self._stores.append(store)
+        return store
+
+    def _start_consumer(self) -> None:
+        s = self.settings
+        assert self.model is not None and self.kafka_bootstrap and self.redis_url
+        client = redis.Redis.from_url(
+            self.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        config = ConsumerConfig(
+            bootstrap=self.kafka_bootstrap,
+            topic=s.topic,
+            group_id=s.consumer_group,
+            max_records=s.poll_batch_size,
+        )
+        self.consumer = CountingConsumer(
+            self.model, self._store(client), config, self.metrics, metrics=self.metrics
+        )
+        self._consumer_thread = threading.Thread(target=self._consume, name="consumer", daemon=True)
+        self._consumer_thread.start()
+
+    def _consume(self) -> None:
+        assert self.consumer is not None
+        try:
+            self.consumer.run()
+        except Exception:
+            logger.exception("the consumer stopped with an error; shutting down")
+            self.failed.set()
+
+    def stop(self) -> None:
+        """NOT_SERVING, drain the consumer and the in-flight RPCs, then close everything."""
+        grace = self.settings.grace_s
+        if self.grpc is not None:
+            self.grpc.not_serving()
+        if self.consumer is not None:
+            self.consumer.stop()
+        if self.grpc is not None:
+            self.grpc.stop(grace)
+            self.grpc = None
+        if self._consumer_thread is not None:
+            self._consumer_thread.join(timeout=grace + 10.0)
+            if self._consumer_thread.is_alive():
+                logger.warning("the consumer did not finish its batch within %.0f s", grace + 10.0)
+            self._consumer_thread = None
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+        for store in self._stores:
+            store.close()
+        self._stores.clear()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+            self.metrics_server = None
+        if self.stack is not None:
+            self.stack.stop()
+            self.stack = None
+
+
+def serve(settings: Settings) -> int:
+    """Run the service until SIGTERM or SIGINT; 0 on a clean stop, 1 if the consumer died."""
+    quiet_kafka()
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("%s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with Service(settings) as service:
+            logger.info(
+                "serving: gRPC on port %s, metrics on http://%s:%s/metrics",
+                service.grpc_port,
+                settings.metrics_host,
+                service.metrics_port,
+            )
+            while not stop.wait(0.5):
+                if service.failed.is_set():
+                    return 1
+        return 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,305 @@
+"""`coldstart demo`: the one-command tour of the whole system on a fresh machine.
+
+Why it exists: a newcomer should see the product's promise happen, not read
+about it. The tour makes (or reads) a data set, meta-trains a model briefly,
+starts the embedded broker and Redis and the service in this process, then
+follows one test user (never seen in training) from a cold start through
+their first events: their top-10 before any event and after 1, 3 and 5
+events, how long each event took to change their answers, and how fast a
+Recommend is. Items the user will interact with later are starred, so the
+effect of adaptation is visible. A short replay of more test users then
+fills the metrics, whose URL is printed. Everything goes through the public
+paths: events enter by the RecordEvents RPC, pass the topic and the
+consumer, land in Redis, and come back by Recommend.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import torch
+from coldstart.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
+
+from service.app import Service, quiet_kafka
+from service.replay import replay, replay_order
+from service.settings import Settings
+from trainer import artifact
+from trainer.data import Dataset, load_dataset
+from trainer.episodes import make_context
+from trainer.errors import ColdstartError
+from trainer.model import ModelConfig
+from trainer.synth import write_synthetic
+from trainer.train import TrainConfig, meta_train
+
+logger = logging.getLogger(__name__)
+
+STEPS = (1, 3, 5)  # show the user's top-10 after this many events
+TOP = 10
+LATENCY_CALLS = 200  # Recommend calls timed per measurement
+ADAPT_TIMEOUT_S = 30.0  # waiting for an event to reach the user's state
+
+
+@dataclass
+class DemoOptions:
+    data: Path | None = None  # a data set directory; None: synthetic data
+    users: int = 600  # synthetic users
+    items: int = 300  # synthetic items
+    seed: int = 0  # data, split and training seed
+    meta_steps: int = 60  # outer steps of the quick training
+    replay_users: int = 30  # further test users replayed at the end
+    grpc_port: int = 0  # 0: any free port
+    metrics_port: int = 0  # 0: any free port
+    serve: bool = False  # keep serving after the tour until Ctrl-C
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def run_demo(options: DemoOptions) -> None:
+    quiet_kafka()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="coldstart-demo-") as scratch:
+        root = Path(scratch)
+        data_dir = options.data or _synthesize(root / "data", options)
+        data = load_dataset(data_dir)
+        model_dir = _train(data, root / "model", options)
+        settings = Settings(
+            model=model_dir,
+            grpc_port=options.grpc_port,
+            grpc_host="127.0.0.1",
+            metrics_port=options.metrics_port,
+            metrics_host="127.0.0.1",
+        )
+        clock = time.perf_counter()
+        with Service(settings) as service:
+            say(
+                f"[3/5] service up in {time.perf_counter() - clock:.1f} s: Kafka (tansu) at "
+                f"{service.kafka_bootstrap}, Redis at {service.redis_url}, gRPC at "
+                f"127.0.0.1:{service.grpc_port}"
+            )
+            _wait_for_consumer(service)
+            channel = grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}")
+            try:
+                stub = recommender_pb2_grpc.RecommenderStub(channel)
+                _follow_one_user(stub, data, options.seed)
+                _replay_more(service, data_dir, options)
+            finally:
+                channel.close()
+            url = f"http://127.0.0.1:{service.metrics_port}/metrics"
+            say(f"\nmetrics: {url}")
+            say(f"demo finished in {time.perf_counter() - started:.0f} s")
+            if options.serve:
+                say(
+                    "serving until Ctrl-C (grpcurl -plaintext 127.0.0.1:"
+                    f"{service.grpc_port} list; curl {url})"
+                )
+                _wait_for_signal()
+
+
+def _synthesize(out: Path, options: DemoOptions) -> Path:
+    clock = time.perf_counter()
+    write_synthetic(out, options.users, options.items, options.seed)
+    say(
+        f"[1/5] synthetic data: {options.users} users x {options.items} items with planted "
+        f"taste clusters ({time.perf_counter() - clock:.1f} s)"
+    )
+    return out
+
+
+def _train(data: Dataset, out: Path, options: DemoOptions) -> Path:
+    if options.data is not None:
+        say(f"[1/5] data: {data.name}, {data.n_users} users x {data.n_items} items")
+    clock = time.perf_counter()
+    ctx = make_context(data, options.seed, [0, 1, 3, 5, 10], torch.device("cpu"))
+    config = TrainConfig(meta_steps=options.meta_steps, users_per_step=64, eval_every=20)
+    model, summary = meta_train(ctx, ModelConfig(), config, progress=False)
+    manifest = artifact.save(model, data, out, {"seed": options.seed, "demo": True})
+    say(
+        f"[2/5] quick meta-training: {summary['steps']} outer steps in "
+        f"{time.perf_counter() - clock:.0f} s, validation NDCG@20 "
+        f"{summary['valid_ndcg@20']:.3f}, model {manifest['model_version']}"
+    )
+    return out
+
+
+def _wait_for_consumer(service: Service) -> None:
+    """The consumer reports lag once it owns partitions: then events are applied at once."""
+    clock = time.perf_counter()
+    deadline = clock + 60.0
+    while time.perf_counter() < deadline:
+        if any(
+            name.startswith("coldstart_consumer_lag_records{") for name in service.metrics.values()
+        ):
+            say(f"      consumer joined its group in {time.perf_counter() - clock:.1f} s")
+            return
+        time.sleep(0.05)
+    raise ColdstartError("the consumer did not join its group within 60 s")
+
+
+def _follow_one_user(stub: recommender_pb2_grpc.RecommenderStub, data: Dataset, seed: int) -> None:
+    user, events = _pick_user(data, seed)
+    user_id = data.user_ids[user]
+    features = _features(data, user)
+    future = {data.item_ids[item] for _, _, item, _ in events[max(STEPS) :]}
+    say(
+        f"[4/5] following test user {user_id} (never seen in training; features "
+        f"{features or 'none'}); * marks items they interact with later"
+    )
+    request = recommender_pb2.RecommendRequest(user_id=user_id, k=TOP, features=features)
+    answer = stub.Recommend(request)
+    _show("before any event", answer, future, _latency(stub, request))
+    sent = 0
+    for step in STEPS:
+        batch = [_event(data, seed, user_id, row) for row in events[sent:step]]
+        clock = time.perf_counter()
+        outcome = stub.RecordEvents(iter(batch))
+        if outcome.rejected:
+            raise ColdstartError(f"events rejected: {list(outcome.rejections)}")
+        answer = _await_history(stub, request, step)
+        waited = (time.perf_counter() - clock) * 1000
+        items = ", ".join(
+            f"{e.item_id}" + (f" ({e.value:g})" if e.type == event_pb2.RATING else "")
+            for e in batch
+        )
+        _show(
+            f"after {step} event{'s' * (step > 1)} (+{items}; in state {waited:.0f} ms after send)",
+            answer,
+            future,
+            _latency(stub, request),
+        )
+        sent = step
+
+
+def _pick_user(data: Dataset, seed: int) -> tuple[int, list[tuple[int, int, int, float | None]]]:
+    """The first test user with enough events to have a future after the shown steps."""
+    chosen, order = replay_order(data, seed, None)
+    by_user: dict[int, list[tuple[int, int, int, float | None]]] = {}
+    for row in order:
+        by_user.setdefault(row[0], []).append(row)
+    for user in chosen:
+        rows = sorted(by_user.get(int(user), []), key=lambda row: row[1])
+        if len(rows) >= max(STEPS) + TOP:
+            return int(user), rows
+    raise ColdstartError("no test user has enough events for the demo; use more data")
+
+
+def _features(data: Dataset, user: int) -> dict[str, str]:
+    values = {}
+    for name, codes in data.user_features.items():
+        code = int(codes[user])
+        if code:
+            values[name] = data.user_vocab[name][code]
+    return values
+
+
+def _event(
+    data: Dataset, seed: int, user_id: str, row: tuple[int, int, int, float | None]
+) -> event_pb2.Event:
+    _, position, item, rating = row
+    return event_pb2.Event(
+        event_id=f"demo-{seed}-{user_id}-{position}",
+        user_id=user_id,
+        item_id=data.item_ids[item],
+        type=event_pb2.RATING if rating is not None else event_pb2.CLICK,
+        value=rating if rating is not None else 1.0,
+        ts=time.time_ns() // 1_000_000,
+    )
+
+
+def _await_history(
+    stub: recommender_pb2_grpc.RecommenderStub,
+    request: recommender_pb2.RecommendRequest,
+    interactions: int,
+) -> recommender_pb2.RecommendResponse:
+    """Recommend until the answer is built from `interactions` events."""
+    deadline = time.perf_counter() + ADAPT_TIMEOUT_S
+    while time.perf_counter() < deadline:
+        answer = stub.Recommend(request)
+        if answer.state == recommender_pb2.ADAPTED and answer.interactions_used >= interactions:
+            return answer
+        time.sleep(0.005)
+    raise ColdstartError(f"the user's state did not reach {interactions} events in time")
+
+
+def _latency(
+    stub: recommender_pb2_grpc.RecommenderStub, request: recommender_pb2.RecommendRequest
+) -> tuple[float, float]:
+    """Recommend p50 and p99 in ms, over LATENCY_CALLS sequential calls."""
+    times = []
+    for _ in range(LATENCY_CALLS):
+        clock = time.perf_counter()
+        stub.Recommend(request)
+        times.append((time.perf_counter() - clock) * 1000)
+    times.sort()
+    return statistics.median(times), times[int(0.99 * (len(times) - 1))]
+
+
+def _show(
+    title: str,
+    answer: recommender_pb2.RecommendResponse,
+    future: set[str],
+    latency: tuple[float, float],
+) -> None:
+    state = recommender_pb2.UserStateKind.Name(answer.state)
+    items = " ".join(
+        item.item_id + ("*" if item.item_id in future else "") for item in answer.items
+    )
+    hits = sum(item.item_id in future for item in answer.items)
+    say(f"  {title}:")
+    say(
+        f"    {state:<8} top-{TOP}: {items}   [{hits}/{TOP} starred; Recommend p50 "
+        f"{latency[0]:.2f} ms, p99 {latency[1]:.2f} ms]"
+    )
+
+
+def _replay_more(service: Service, data_dir: Path, options: DemoOptions) -> None:
+    if options.replay_users <= 0:
+        return
+    before = service.metrics.values()
+    result = replay(
+        data_dir,
+        service.kafka_bootstrap,
+        service.settings.topic,
+        users=options.replay_users,
+        seed=options.seed,
+    )
+    deadline = time.perf_counter() + 30.0
+    target = before.get("coldstart_events_applied_total", 0) + result.events
+    while service.metrics.values().get("coldstart_events_applied_total", 0) < target:
+        if time.perf_counter() > deadline:
+            break
+        time.sleep(0.05)
+    values = service.metrics.values()
+    applied = values.get("coldstart_events_applied_total", 0) - before.get(
+        "coldstart_events_applied_total", 0
+    )
+    fresh_n = values.get("coldstart_event_freshness_seconds_count", 0)
+    fresh_sum = values.get("coldstart_event_freshness_seconds_sum", 0)
+    checks = values.get("coldstart_online_hit_checks_total", 0)
+    hits = values.get("coldstart_online_hits_total", 0)
+    say(
+        f"[5/5] replayed {result.events} events of {result.users} more test users "
+        f"({result.events_per_s:.0f} events/s produced); {applied:.0f} applied; mean event-to-"
+        f"state freshness {1000 * fresh_sum / max(fresh_n, 1):.0f} ms; online hit rate@10 "
+        f"{hits / max(checks, 1):.1%} over {checks:.0f} events"
+    )
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,242 @@
+"""Every Prometheus metric of the service, in one module, on one registry per process.
+
+Why one module: an operator reading a dashboard finds each series' definition,
+labels and unit by guessing this file, and a name change happens in one place.
+Why its own `CollectorRegistry` (not the global default): two services in one
+process (tests, the demo) must not share counters or collide on registration.
+
+Names follow Prometheus conventions, which `promtool check metrics` enforces:
+a `coldstart_` prefix, base units in the name (`_seconds`), `_total` on
+counters only. Label values are bounded: gRPC method and status names, the
+three response kinds, a fixed set of dead-letter and rejection reasons, and
+partition numbers.
+
+`Metrics` is also the consumer's observer (service/stream.py calls its `on_*`
+methods), so the stream module never imports prometheus_client.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    generate_latest,
+    start_http_server,
+)
+
+logger = logging.getLogger(__name__)
+
+# Request latency, from 0.25 ms (a cache-hot Recommend) to 2.5 s (a stuck dependency).
+LATENCY_BUCKETS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+# Event time to state written: the freshness target is p99 <= 500 ms.
+FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Users per adaptation call: from one event to a full poll batch.
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+STATE_KINDS = ("cold", "adapted", "degraded")
+MAX_REASON_LENGTH = 40
+_UNSAFE = re.compile(r"[^a-z0-9_]+")
+
+
+def reason_label(reason: str) -> str:
+    """A bounded label value for a reason: its first words, snake_cased.
+
+    Producers of reasons should pass a short code ("bad_json", "unknown_item"); a
+    free-text message is cut to its leading words so one bad client cannot mint
+    unbounded series.
+    """
+    words = _UNSAFE.sub("_", reason.lower().split(":")[0]).strip("_")
+    return words[:MAX_REASON_LENGTH].rstrip("_") or "unknown"
+
+
+class Metrics:
+    """The service's metrics on a private registry; the consumer's observer as well."""
+
+    def __init__(self, *, process: bool = False) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        if process:  # resident memory and CPU of this process (Linux /proc)
+            ProcessCollector(registry=r)
+        self.requests = Counter(
+            "coldstart_grpc_requests",
+            "gRPC requests handled, by method and status code.",
+            ("method", "code"),
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "coldstart_grpc_request_duration_seconds",
+            "gRPC request handling time, by method and status code.",
+            ("method", "code"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.responses = Counter(
+            "coldstart_recommend_responses",
+            "Recommend answers by where the user vector came from: cold, adapted or degraded.",
+            ("state",),
+            registry=r,
+        )
+        self.events_ingested = Counter(
+            "coldstart_events_ingested",
+            "Events accepted by RecordEvents and produced to the events topic.",
+            registry=r,
+        )
+        self.events_rejected = Counter(
+            "coldstart_events_rejected",
+            "Events refused by RecordEvents, by reason.",
+            ("reason",),
+            registry=r,
+        )
+        self.events_consumed = Counter(
+            "coldstart_events_consumed",
+            "Records polled from the events topic by the consumer.",
+            registry=r,
+        )
+        self.events_applied = Counter(
+            "coldstart_events_applied",
+            "Events applied to user state and written to Redis.",
+            registry=r,
+        )
+        self.events_dead_lettered = Counter(
+            "coldstart_events_dead_lettered",
+            "Records sent to the dead-letter topic, by reason.",
+            ("reason",),
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "coldstart_consumer_lag_records",
+            "Records in the events topic not yet consumed, by partition.",
+            ("partition",),
+            registry=r,
+        )
+        self.adaptation_batch = Histogram(
+            "coldstart_adaptation_batch_users",
+            "Users adapted together in one batched inner-loop call.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.adaptation_seconds = Histogram(
+            "coldstart_adaptation_duration_seconds",
+            "Time of one batched adaptation, from loaded states to states written.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.freshness_seconds = Histogram(
+            "coldstart_event_freshness_seconds",
+            "Time from an event's timestamp to its user's state being written to Redis.",
+            buckets=FRESHNESS_BUCKETS,
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "coldstart_redis_errors",
+            "Redis operations that failed (unreachable, timed out, refused).",
+            registry=r,
+        )
+        self.hit_checks = Counter(
+            "coldstart_online_hit_checks",
+            "Events checked for the online hit rate: was the item in the user's top-k before?",
+            registry=r,
+        )
+        self.hits = Counter(
+            "coldstart_online_hits",
+            "Events whose item was in the user's current top-k before the event was applied.",
+            registry=r,
+        )
+        self.model = Info(
+            "coldstart_model",
+            "The model being served: its version and catalogue size.",
+            registry=r,
+        )
+        for state in STATE_KINDS:  # every kind present from the start, so rates are defined
+            self.responses.labels(state)
+
+    # --- serving side --------------------------------------------------------------------
+
+    def set_model(self, version: str, n_items: int, dim: int) -> None:
+        self.model.info({"version": version, "items": str(n_items), "dim": str(dim)})
+
+    def observe_request(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(method, code).inc()
+        self.request_seconds.labels(method, code).observe(seconds)
+
+    def on_response(self, state: str) -> None:
+        """`state` is one of STATE_KINDS."""
+        self.responses.labels(state).inc()
+
+    def on_ingested(self, n: int = 1) -> None:
+        self.events_ingested.inc(n)
+
+    def on_rejected(self, reason: str) -> None:
+        self.events_rejected.labels(reason_label(reason)).inc()
+
+    # --- the consumer's observer (service/stream.py) -------------------------------------
+
+    def on_consumed(self, n: int) -> None:
+        self.events_consumed.inc(n)
+
+    def on_batch(self, size: int, seconds: float) -> None:
+        self.adaptation_batch.observe(size)
+        self.adaptation_seconds.observe(seconds)
+
+    def on_event_applied(self, n: int = 1) -> None:
+        self.events_applied.inc(n)
+
+    def on_dead_letter(self, reason: str) -> None:
+        self.events_dead_lettered.labels(reason_label(reason)).inc()
+
+    def on_freshness(self, seconds: float) -> None:
+        self.freshness_seconds.observe(max(seconds, 0.0))
+
+    def on_redis_error(self) -> None:
+        self.redis_errors.inc()
+
+    def on_lag(self, partition: int, lag: int) -> None:
+        self.consumer_lag.labels(str(partition)).set(lag)
+
+    def on_hit(self, hit: bool) -> None:
+        self.hit_checks.inc()
+        if hit:
+            self.hits.inc()
+
+    # --- exposition ----------------------------------------------------------------------
+
+    def scrape(self) -> bytes:
+        """The text exposition, as the HTTP endpoint serves it."""
+        return generate_latest(self.registry)
+
+    def values(self) -> Mapping[str, float]:
+        """Every sample as {"name{labels}": value}, for tests and the demo's summary."""
+        samples = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return samples
+
+    def serve(self, host: str, port: int) -> WSGIServer:
+        """Start the /metrics HTTP endpoint in a daemon thread; port 0 picks a free one."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        logger.info("metrics at http://%s:%s/metrics", host, server.server_port)
+        return server

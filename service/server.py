@@ -1,0 +1,485 @@
+"""The gRPC server: the `coldstart.v1.Recommender` servicer, health and reflection.
+
+Two layers, so the protobuf stays at the edge:
+- `Recommender` and `Ingestor` are the domain: they take plain values, check
+  them, read the user's state (one Redis round trip), score (one matrix-vector
+  product and a top-k) or validate and produce events, and raise the errors of
+  `service.errors` (or the model's and the event parser's own).
+- `RecommenderServicer` translates protobuf to those calls and back, and
+  nothing else. Every method runs under `_rpc`, the one place where a domain
+  error becomes a gRPC status (the `STATUS` table) and where each call is timed
+  and counted by method and code.
+
+A Recommend never fails because Redis does: the user is scored from the
+meta-learned prior and the answer says `DEGRADED`. A state adapted under an
+older model is re-adapted from its stored history on read (the consumer
+rewrites it on the user's next event), so a deploy loses no personalisation.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import redis
+import torch
+from coldstart.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from service.errors import IngestUnavailable, InvalidRequest, StreamTooLong
+from service.events import MAX_ID_CHARS, Event, InvalidEvent, check_item, event_from_mapping
+from service.metrics import Metrics
+from service.model import ServingModel, UnknownFeatureError
+from service.store import StoreError, UserRecord
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+MAX_K = 1000  # items per Recommend
+MAX_CANDIDATES = 10_000  # candidate_item_ids per Recommend
+MAX_REJECTIONS = 100  # rejection entries listed in a RecordEvents response
+STREAM_CAP = "stream_cap"  # rejection reason of the event that overflowed a stream
+PRODUCE_FAILED = "produce_failed"  # rejection reason of an event the broker did not take
+
+# The one table from domain error to gRPC status; the first matching class wins.
+STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownFeatureError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidEvent, grpc.StatusCode.INVALID_ARGUMENT),
+    (StreamTooLong, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (IngestUnavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+class StateReader(Protocol):
+    """What serving needs of service.store.UserStore."""
+
+    def get(self, user_id: str) -> UserRecord | None: ...
+
+
+class EventSink(Protocol):
+    """Where accepted events go: the events topic, keyed by user id."""
+
+    def send(self, event: Event) -> Callable[[], None]:
+        """Queue `event`; returns a function that raises if it was not delivered."""
+        ...
+
+    def flush(self) -> None: ...
+
+
+# --- the domain --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    user_id: str
+    k: int
+    include_seen: bool = False
+    features: Mapping[str, str] = field(default_factory=dict)
+    candidates: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    items: list[tuple[str, float]]  # (item id, score), best first
+    model_version: str
+    state: str  # "cold", "adapted" or "degraded"
+    interactions_used: int = 0
+    state_version: int = 0
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    user_id: str
+    state: str  # "cold", "adapted" or "degraded"
+    history_length: int = 0
+    state_version: int = 0
+    model_version: str = ""
+    updated_at_ms: int = 0
+
+
+def check_user_id(user_id: str) -> None:
+    if not user_id:
+        raise InvalidRequest("user_id is empty")
+    if len(user_id) > MAX_ID_CHARS:
+        raise InvalidRequest(
+            f"user_id has {len(user_id)} characters, more than the limit of {MAX_ID_CHARS}"
+        )
+
+
+class Recommender:
+    """Top-k for a user from their stored state, the prior, or (Redis down) the prior."""
+
+    def __init__(self, model: ServingModel, store: StateReader, metrics: Metrics) -> None:
+        self.model = model
+        self.store = store
+        self.metrics = metrics
+        self._no_features = torch.zeros(1, len(model.feature_names), dtype=torch.long)
+
+    def recommend(self, query: RecommendQuery) -> Recommendation:
+        candidates = self._check(query)
+        codes = self.model.feature_codes(query.features)  # raises UnknownFeatureError
+        record, state = self._read(query.user_id)
+        if record is None:
+            vector = self.model.initial(codes.unsqueeze(0))[0]
+            items = self.model.top_k(vector, query.k, candidates=candidates)
+            self.metrics.on_response(state)
+            return Recommendation(items, self.model.version, state)
+        interactions = record.interactions(self.model.item_index)
+        vector = self._vector(record, interactions)
+        seen = () if query.include_seen else sorted({i.item for i in interactions})
+        items = self.model.top_k(vector, query.k, exclude=seen, candidates=candidates)
+        self.metrics.on_response("adapted")
+        return Recommendation(
+            items, self.model.version, "adapted", len(interactions), record.state_version
+        )
+
+    def user_state(self, user_id: str) -> UserSummary:
+        check_user_id(user_id)
+        record, state = self._read(user_id)
+        if record is None:
+            return UserSummary(user_id, state)
+        return UserSummary(
+            user_id,
+            "adapted",
+            len(record.history),
+            record.state_version,
+            record.model_version,
+            record.updated_at_ms,
+        )
+
+    def _check(self, query: RecommendQuery) -> list[int] | None:
+        """Validates the request; the candidates' item indices, None when unrestricted."""
+        check_user_id(query.user_id)
+        if not 1 <= query.k <= MAX_K:
+            raise InvalidRequest(f"k must be between 1 and {MAX_K}, got {query.k}")
+        if not query.candidates:
+            return None
+        if len(query.candidates) > MAX_CANDIDATES:
+            raise InvalidRequest(
+                f"candidate_item_ids has {len(query.candidates)} ids, "
+                f"more than the limit of {MAX_CANDIDATES}"
+            )
+        index = self.model.item_index
+        unknown = [item for item in query.candidates if item not in index]
+        if unknown:
+            shown = ", ".join(repr(item[:64]) for item in unknown[:5])
+            raise InvalidRequest(
+                f"candidate_item_ids: {len(unknown)} not in the catalogue of model "
+                f"{self.model.version}: {shown}{', ...' if len(unknown) > 5 else ''}"
+            )
+        return [index[item] for item in query.candidates]
+
+    def _read(self, user_id: str) -> tuple[UserRecord | None, str]:
+        """The stored record (one Redis round trip) and the state kind when there is none."""
+        try:
+            record = self.store.get(user_id)
+        except redis.RedisError as error:
+            self.metrics.on_redis_error()
+            logger.warning("Redis unavailable, answering from the prior: %s", error)
+            return None, "degraded"
+        except StoreError as error:  # one user's record is unreadable: the others are fine
+            logger.warning("answering from the prior: %s", error)
+            return None, "degraded"
+        return record, "cold"
+
+    def _vector(self, record: UserRecord, interactions: Sequence[Any]) -> torch.Tensor:
+        """The stored vector, or (state from another model) one re-adapted from the history."""
+        if record.model_version == self.model.version and record.vector.shape == (self.model.dim,):
+            return torch.from_numpy(record.vector)
+        return self.model.adapt([interactions], self._no_features)[0]
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    rejected: int = 0
+    rejections: list[tuple[int, str, str]] = field(default_factory=list)  # index, event id, why
+
+    def reject(self, index: int, event_id: str, reason: str) -> None:
+        self.rejected += 1
+        if len(self.rejections) < MAX_REJECTIONS:
+            self.rejections.append((index, event_id, reason))
+
+
+class Ingestor:
+    """Validates streamed events against the event schema and the catalogue, then produces
+    the valid ones. A bad event is counted and explained; it does not end the stream."""
+
+    def __init__(
+        self, item_index: Mapping[str, int], sink: EventSink, metrics: Metrics, max_events: int
+    ) -> None:
+        self.item_index = item_index
+        self.sink = sink
+        self.metrics = metrics
+        self.max_events = max_events
+
+    def ingest(self, documents: Iterable[Mapping[str, Any]]) -> IngestResult:
+        result = IngestResult()
+        pending: list[tuple[int, str, Callable[[], None]]] = []
+        for index, document in enumerate(documents):
+            if index >= self.max_events:
+                self._settle(pending, result)
+                self.metrics.on_rejected(STREAM_CAP)
+                raise StreamTooLong(
+                    f"a RecordEvents stream may carry {self.max_events} events; the first "
+                    f"{self.max_events} were processed ({result.accepted} accepted, "
+                    f"{result.rejected} rejected): send the rest in a new stream"
+                )
+            try:
+                event = event_from_mapping(document)
+                check_item(event, self.item_index)
+            except InvalidEvent as error:
+                self.metrics.on_rejected(error.reason)
+                result.reject(index, str(document.get("event_id", ""))[:MAX_ID_CHARS], str(error))
+                continue
+            pending.append((index, event.event_id, self.sink.send(event)))
+        self._settle(pending, result)
+        return result
+
+    def _settle(
+        self, pending: list[tuple[int, str, Callable[[], None]]], result: IngestResult
+    ) -> None:
+        """Waits until the broker has every queued event; counts what it refused."""
+        if not pending:
+            return
+        self.sink.flush()
+        for index, event_id, check in pending:
+            try:
+                check()
+            except IngestUnavailable as error:
+                self.metrics.on_rejected(PRODUCE_FAILED)
+                result.reject(index, event_id, f"{PRODUCE_FAILED}: {error}")
+            else:
+                result.accepted += 1
+                self.metrics.on_ingested()
+        pending.clear()
+
+
+class KafkaEventSink:
+    """Produces events as JSON to the topic, keyed by user id (kafka-python).
+
+    The producer is created on first use, so the server starts (and answers
+    Recommend) while the broker is still coming up.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 10.0) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self._producer: KafkaProducer | None = None
+
+    def _get(self) -> KafkaProducer:
+        if self._producer is None:
+            try:
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self.bootstrap,
+                    client_id="coldstart-ingest",
+                    acks="all",
+                    linger_ms=2,
+                    max_block_ms=int(self.timeout_s * 1000),
+                )
+            except KafkaError as error:
+                raise IngestUnavailable(
+                    f"cannot reach Kafka at {self.bootstrap}: {error}"
+                ) from None
+        return self._producer
+
+    def send(self, event: Event) -> Callable[[], None]:
+        try:
+            future = self._get().send(self.topic, key=event.user_id.encode(), value=event.to_json())
+        except KafkaError as error:
+            raise IngestUnavailable(f"cannot produce to {self.topic}: {error}") from None
+
+        def check() -> None:
+            try:
+                future.get(timeout=self.timeout_s)
+            except KafkaError as error:
+                raise IngestUnavailable(str(error)) from None
+
+        return check
+
+    def flush(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout=self.timeout_s)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=self.timeout_s)
+            self._producer = None
+
+
+# --- the gRPC edge ---------------------------------------------------------------------
+
+STATE_KIND = {
+    "cold": recommender_pb2.COLD,
+    "adapted": recommender_pb2.ADAPTED,
+    "degraded": recommender_pb2.DEGRADED,
+}
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def status_for(error: Exception) -> grpc.StatusCode:
+    """The gRPC status of a domain error (INTERNAL for anything unexpected)."""
+    for kind, code in STATUS:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _rpc(method: str) -> Callable[[Handler], Handler]:
+    """Times and counts a servicer method by code, and turns domain errors into statuses."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def call(self: RecommenderServicer, request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return handler(self, request, context)
+            except Exception as error:
+                code = status_for(error)
+                if code is grpc.StatusCode.INTERNAL:
+                    if not context.is_active():
+                        code = grpc.StatusCode.CANCELLED
+                        raise
+                    logger.exception("%s failed", method)
+                    context.abort(code, f"internal error in {method}")
+                context.abort(code, str(error))
+            finally:
+                self.metrics.observe_request(method, code.name, time.perf_counter() - started)
+
+        return call  # type: ignore[return-value]
+
+    return decorate
+
+
+def _event_document(event: event_pb2.Event) -> dict[str, Any]:
+    """A protobuf Event as the JSON mapping the event parser checks."""
+    kind = event_pb2.EventType.Name(event.type).lower() if event.type else "unspecified"
+    return {
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "item_id": event.item_id,
+        "type": kind,
+        "value": event.value,
+        "ts": event.ts,
+    }
+
+
+class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
+    """Protobuf in, domain call, protobuf out."""
+
+    def __init__(self, recommender: Recommender, ingestor: Ingestor, metrics: Metrics) -> None:
+        self.recommender = recommender
+        self.ingestor = ingestor
+        self.metrics = metrics
+
+    @_rpc("Recommend")
+    def Recommend(
+        self, request: recommender_pb2.RecommendRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.RecommendResponse:
+        answer = self.recommender.recommend(
+            RecommendQuery(
+                user_id=request.user_id,
+                k=request.k,
+                include_seen=request.include_seen,
+                features=dict(request.features),
+                candidates=list(request.candidate_item_ids),
+            )
+        )
+        return recommender_pb2.RecommendResponse(
+            items=[recommender_pb2.ScoredItem(item_id=i, score=s) for i, s in answer.items],
+            model_version=answer.model_version,
+            state=STATE_KIND[answer.state],
+            interactions_used=answer.interactions_used,
+            state_version=answer.state_version,
+        )
+
+    @_rpc("RecordEvents")
+    def RecordEvents(
+        self, request_iterator: Iterator[event_pb2.Event], context: grpc.ServicerContext
+    ) -> recommender_pb2.RecordEventsResponse:
+        result = self.ingestor.ingest(_event_document(event) for event in request_iterator)
+        return recommender_pb2.RecordEventsResponse(
+            accepted=result.accepted,
+            rejected=result.rejected,
+            rejections=[
+                recommender_pb2.EventRejection(index=i, event_id=e, reason=r)
+                for i, e, r in result.rejections
+            ],
+        )
+
+    @_rpc("GetUserState")
+    def GetUserState(
+        self, request: recommender_pb2.GetUserStateRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.UserState:
+        summary = self.recommender.user_state(request.user_id)
+        return recommender_pb2.UserState(
+            user_id=summary.user_id,
+            state=STATE_KIND[summary.state],
+            history_length=summary.history_length,
+            state_version=summary.state_version,
+            model_version=summary.model_version,
+            updated_at_ms=summary.updated_at_ms,
+        )
+
+
+@dataclass
+class GrpcServer:
+    """A started gRPC server, its health service and the port it listens on."""
+
+    server: grpc.Server
+    health: health.HealthServicer
+    port: int
+
+    def not_serving(self) -> None:
+        """Tell health checks to stop sending traffic (the first step of a shutdown)."""
+        self.health.enter_graceful_shutdown()
+
+    def stop(self, grace_s: float) -> None:
+        """Refuse new RPCs, give in-flight ones `grace_s`, then cancel them; returns when done."""
+        self.not_serving()
+        self.server.stop(grace_s).wait(grace_s + 1.0)
+
+
+def start_server(
+    servicer: RecommenderServicer,
+    *,
+    host: str = "[::]",
+    port: int = 0,
+    workers: int = 16,
+    max_concurrent_rpcs: int = 256,
+    max_message_bytes: int = 4 * 1024 * 1024,
+) -> GrpcServer:
+    """Starts the Recommender with health (SERVING) and reflection; port 0 picks a free one."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ],
+    )
+    recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {host}:{port}")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    logger.info("gRPC %s listening on %s:%s (health, reflection on)", SERVICE_NAME, host, bound)
+    return GrpcServer(server, health_servicer, bound)

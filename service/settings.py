@@ -1,0 +1,271 @@
+"""The `serve` process's settings: one typed object, read from flags and `COLDSTART_*` variables.
+
+Why one object: every knob the service has is listed here with its default and
+its reason, so an operator finds it by reading one file, a Helm chart sets it by
+one environment variable, and a mistake (a port out of range, a model
+directory that is not there, a URL that is not a Redis URL) stops the process
+at start-up with a message naming the setting, instead of surfacing later as a
+connection error deep in a thread. A flag wins over its environment variable,
+which wins over the default.
+
+Secrets: a Redis URL may carry a password. `describe()` is what gets logged,
+and it masks the password; nothing else in the service logs the raw URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from trainer.errors import ColdstartError
+
+ENV_PREFIX = "COLDSTART_"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class SettingsError(ColdstartError):
+    """One or more settings are invalid; the message names each one and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `coldstart serve` can be told; field `x_y` is `--x-y` and `COLDSTART_X_Y`."""
+
+    model: Path  # model directory written by `coldstart train` (manifest.json + weights)
+    kafka_bootstrap: str | None = None  # "host:port[,host:port]"; None: start a local broker
+    redis_url: str | None = None  # "redis://[:password@]host:port/db"; None: start a local Redis
+    grpc_port: int = 50051  # gRPC listen port (0: any free port, for tests and the demo)
+    grpc_host: str = "[::]"  # gRPC listen address
+    metrics_port: int = 9464  # Prometheus HTTP port (0: any free port)
+    metrics_host: str = "0.0.0.0"  # Prometheus HTTP listen address
+    topic: str = "coldstart.events"  # events topic; dead letters go to TOPIC.dlq
+    topic_partitions: int = 4  # partitions when the service creates the topic (local stack only)
+    consumer_group: str = "coldstart-service"  # Kafka consumer group shared by all replicas
+    history_limit: int = 50  # interactions kept per user: what re-adaptation and filtering see
+    state_ttl_s: int = 0  # expire a user's state after this long without events; 0: never
+    max_concurrent_rpcs: int = 256  # beyond this, new RPCs get RESOURCE_EXHAUSTED at once
+    grpc_workers: int = 16  # threads serving RPCs
+    max_message_bytes: int = 4 * 1024 * 1024  # largest gRPC message in either direction
+    max_stream_events: int = 10_000  # events one RecordEvents stream may carry
+    poll_batch_size: int = 500  # records per consumer poll: the adaptation micro-batch
+    grace_s: float = 5.0  # on SIGTERM, time in-flight RPCs get before they are cancelled
+    redis_timeout_s: float = 0.25  # Redis socket timeout: past it, Recommend answers DEGRADED
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as they may be logged: a Redis password is masked."""
+        values = dataclasses.asdict(self)
+        values["model"] = str(self.model)
+        values["redis_url"] = redact_url(self.redis_url)
+        return values
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str  # the field name
+    kind: type  # int, float, str or Path
+    help: str = field(default="")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def label(self) -> str:
+        return f"{self.flag} / {self.env}"
+
+
+def _kind(annotation: str) -> type:
+    """The parsing type of a field annotation (the module uses postponed annotations)."""
+    for name, kind in (("Path", Path), ("int", int), ("float", float), ("str", str)):
+        if annotation.startswith(name):
+            return kind
+    raise TypeError(f"no parser for settings type {annotation!r}")
+
+
+SPECS = [_Spec(f.name, _kind(str(f.type))) for f in dataclasses.fields(Settings)]
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting. Defaults stay None so `resolve` can tell 'not given' apart."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    for spec in SPECS:
+        default = defaults[spec.name]
+        shown = "required" if default is dataclasses.MISSING else f"default {default}"
+        parser.add_argument(
+            spec.flag,
+            dest=spec.name,
+            default=None,
+            metavar=spec.name.upper(),
+            help=f"{shown}; env {spec.env}",
+        )
+
+
+def resolve(
+    args: argparse.Namespace | Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from flags (`args`), then `COLDSTART_*` variables, then defaults; validated.
+
+    Raises SettingsError listing every bad setting, each with its flag, its variable and why.
+    """
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for spec in SPECS:
+        raw = given.get(spec.name)
+        source = spec.flag
+        if raw is None and env.get(spec.env, "") != "":
+            raw, source = env[spec.env], spec.env
+        if raw is None:
+            continue
+        try:
+            values[spec.name] = _convert(spec, raw)
+        except ValueError as error:
+            problems.append(f"{spec.label}: {error} (from {source})")
+    if "model" not in values:
+        problems.append("--model / COLDSTART_MODEL: required; give the model directory")
+    if problems:
+        raise SettingsError(_report(problems))
+    settings = Settings(**values)
+    problems = validate(settings)
+    if problems:
+        raise SettingsError(_report(problems))
+    return settings
+
+
+def _report(problems: list[str]) -> str:
+    return "invalid settings:\n  " + "\n  ".join(problems)
+
+
+def _convert(spec: _Spec, raw: Any) -> Any:
+    if isinstance(raw, spec.kind):
+        return raw
+    text = str(raw).strip()
+    if spec.kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a whole number") from None
+    if spec.kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+    if spec.kind is Path:
+        return Path(text).expanduser()
+    return text
+
+
+def validate(settings: Settings) -> list[str]:
+    """Every problem with `settings`, one line each naming the setting; empty when valid."""
+    by_name = {spec.name: spec for spec in SPECS}
+    problems: list[tuple[str, str]] = []
+    problems += _model_problems(settings.model)
+    for name in ("grpc_port", "metrics_port"):
+        port = getattr(settings, name)
+        if not 0 <= port <= 65535:
+            problems.append((name, f"{port} is not a TCP port (1..65535, or 0 for any free port)"))
+    if settings.grpc_port and settings.grpc_port == settings.metrics_port:
+        problems.append(("metrics_port", f"{settings.metrics_port} is also the gRPC port"))
+    if settings.kafka_bootstrap is not None:
+        problems += [("kafka_bootstrap", p) for p in _bootstrap_problems(settings.kafka_bootstrap)]
+    if settings.redis_url is not None:
+        problems += [("redis_url", p) for p in _redis_url_problems(settings.redis_url)]
+    for name in ("topic", "consumer_group"):
+        problems += [(name, p) for p in _topic_problems(getattr(settings, name))]
+    for name, low in (
+        ("topic_partitions", 1),
+        ("history_limit", 1),
+        ("state_ttl_s", 0),
+        ("max_concurrent_rpcs", 1),
+        ("grpc_workers", 1),
+        ("max_message_bytes", 1024),
+        ("max_stream_events", 1),
+        ("poll_batch_size", 1),
+    ):
+        if getattr(settings, name) < low:
+            problems.append((name, f"{getattr(settings, name)} is below the minimum {low}"))
+    for name in ("grace_s", "redis_timeout_s"):
+        if not getattr(settings, name) > 0:
+            problems.append(
+                (name, f"{getattr(settings, name)} must be a positive number of seconds")
+            )
+    return [f"{by_name[name].label}: {why}" for name, why in problems]
+
+
+def _model_problems(model: Path) -> list[tuple[str, str]]:
+    if not model.exists():
+        return [("model", f"{model} does not exist; train one with `coldstart train`")]
+    if not model.is_dir():
+        return [("model", f"{model} is not a directory")]
+    if not (model / "manifest.json").is_file():
+        return [("model", f"{model} has no manifest.json; is it a model directory?")]
+    return []
+
+
+def _bootstrap_problems(bootstrap: str) -> list[str]:
+    servers = [s.strip() for s in bootstrap.split(",")]
+    if not all(servers):
+        return [f"{bootstrap!r} is not a comma-separated list of host:port"]
+    problems = []
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            problems.append(f"{server!r} is not host:port with a port in 1..65535")
+    return problems
+
+
+def _redis_url_problems(url: str) -> list[str]:
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        return [f"{shown!r} is not a valid URL ({error})"]
+    if parts.scheme not in REDIS_SCHEMES:
+        return [f"{shown!r} must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}"]
+    if parts.scheme == "unix":
+        return [] if parts.path else [f"{shown!r} names no socket path"]
+    if not parts.hostname:
+        return [f"{shown!r} names no host"]
+    if port == 0:
+        return [f"{shown!r} has port 0"]
+    database = parts.path.lstrip("/")
+    if database and not database.isdigit():
+        return [f"{shown!r}: the path must be a database number, got {database!r}"]
+    return []
+
+
+def _topic_problems(name: str) -> list[str]:
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    if not name:
+        return ["must not be empty"]
+    if len(name) > 200 or not set(name) <= allowed:
+        return [f"{name!r} must be at most 200 of the characters a-z A-Z 0-9 . _ -"]
+    return []
+
+
+def redact_url(url: str | None) -> str | None:
+    """`url` with any password replaced by ***, fit for logs."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return "<unparsable URL>"
+    return urlunsplit(parts._replace(netloc=netloc))

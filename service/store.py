@@ -1,0 +1,270 @@
+"""User state in Redis: one small hash per user, written only by compare-and-set.
+
+Why this shape (DESIGN.md, User state in Redis):
+- One hash per user at `coldstart:user:{<user_id>}`. The braces are a Redis
+  Cluster hash tag, and every script call touches that one key, so the store
+  works unchanged on a cluster.
+- The record holds what serving and re-adaptation need and no more: the
+  adapted vector (float32 bytes), the bounded recent history as raw item ids
+  with their rating (so a new model, whose item indices differ, can re-adapt
+  the user from it), the model version, a state version, the highest applied
+  Kafka offset per partition (so a replayed event is recognised and dropped),
+  and the time of the write. A 64-dimensional user with 50 events of history
+  takes well under 1 KiB (`MEMORY USAGE`), which is a standing target.
+- Writes go through one Lua script per user that applies the record only if
+  its state version is greater than the stored one: two writers that race, or
+  a writer replaying old events, can never move a user backwards. All of a
+  batch's scripts travel in one pipeline (one round trip).
+
+Encodings are compact but plain: the history is the item ids joined by the
+ASCII record separator, each optionally followed by the unit separator and the
+rating's shortest exact decimal form (event ids cannot contain control
+characters, see `service.events`); the watermark is "partition:offset" pairs
+joined by commas.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis
+
+from service.model import Interaction
+from trainer.errors import ColdstartError
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "coldstart:user:"
+HISTORY_LIMIT = 50  # events kept per user, newest last
+
+# Hash fields: one letter each, since field names are stored once per user.
+VECTOR, HISTORY, MODEL, STATE, WATERMARK, UPDATED = "v", "h", "m", "s", "w", "t"
+_RECORD_SEP, _UNIT_SEP = "\x1e", "\x1f"
+# Blob fields (vector, history, watermark) are split into fields of at most CHUNK bytes, so
+# that Redis keeps the whole hash in its compact ziplist/listpack encoding (values up to
+# hash-max-ziplist-value = 64 bytes by default): about half the memory of a hashtable.
+CHUNK = 64
+
+# KEYS[1]: the user's hash. ARGV[1]: the new state version; ARGV[2]: TTL in seconds (0: none);
+# ARGV[3..]: field, value pairs of the whole record. Returns 1 if written, 0 if not newer.
+_CAS_SCRIPT = """
+local stored = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
+if tonumber(ARGV[1]) <= stored then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+return 1
+"""
+
+
+class StoreError(ColdstartError):
+    """A stored user record cannot be decoded; the message names the user and the field."""
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One applied interaction as stored: the raw item id survives model changes."""
+
+    item_id: str
+    rating: float | None  # the rating of a rating event, else None
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """Everything stored for one user."""
+
+    user_id: str
+    vector: np.ndarray  # (d,) float32 adapted user vector
+    history: tuple[HistoryEntry, ...]  # bounded, newest last
+    model_version: str  # the model the vector was adapted under
+    state_version: int  # grows by one with every write of this user
+    watermarks: Mapping[int, int] = field(default_factory=dict)  # partition -> last applied offset
+    updated_at_ms: int = 0  # when the record was written
+
+    def interactions(self, item_index: Mapping[str, int]) -> list[Interaction]:
+        """The history as a model's interactions; items that model does not know are skipped."""
+        return [
+            Interaction(item_index[entry.item_id], entry.rating)
+            for entry in self.history
+            if entry.item_id in item_index
+        ]
+
+
+def user_key(user_id: str) -> str:
+    """The user's hash key; `{user_id}` is the Redis Cluster hash tag."""
+    return f"{KEY_PREFIX}{{{user_id}}}"
+
+
+def encode_history(history: Iterable[HistoryEntry]) -> bytes:
+    parts = []
+    for entry in history:
+        if entry.rating is None:
+            parts.append(entry.item_id)
+        else:
+            parts.append(f"{entry.item_id}{_UNIT_SEP}{_number(entry.rating)}")
+    return _RECORD_SEP.join(parts).encode()
+
+
+def decode_history(raw: bytes) -> tuple[HistoryEntry, ...]:
+    if not raw:
+        return ()
+    entries = []
+    for part in raw.decode().split(_RECORD_SEP):
+        item_id, _, rating = part.partition(_UNIT_SEP)
+        entries.append(HistoryEntry(item_id, float(rating) if rating else None))
+    return tuple(entries)
+
+
+def encode_watermarks(watermarks: Mapping[int, int]) -> bytes:
+    return ",".join(f"{p}:{o}" for p, o in sorted(watermarks.items())).encode()
+
+
+def decode_watermarks(raw: bytes) -> dict[int, int]:
+    if not raw:
+        return {}
+    pairs = (pair.split(":") for pair in raw.decode().split(","))
+    return {int(partition): int(offset) for partition, offset in pairs}
+
+
+def encode_record(record: UserRecord) -> dict[str, bytes]:
+    """The hash fields of a record; blobs are split into CHUNK-byte fields (see CHUNK)."""
+    return {
+        **_chunked(VECTOR, np.ascontiguousarray(record.vector, dtype="<f4").tobytes()),
+        **_chunked(HISTORY, encode_history(record.history)),
+        **_chunked(WATERMARK, encode_watermarks(record.watermarks)),
+        MODEL: record.model_version.encode(),
+        STATE: str(record.state_version).encode(),
+        UPDATED: str(record.updated_at_ms).encode(),
+    }
+
+
+def decode_record(user_id: str, fields: Mapping[bytes, bytes]) -> UserRecord:
+    """A record from its hash fields (as redis-py returns them, bytes keys)."""
+    try:
+        text = {key.decode(): value for key, value in fields.items()}
+        return UserRecord(
+            user_id=user_id,
+            vector=np.frombuffer(_joined(VECTOR, text), dtype="<f4").astype(np.float32),
+            history=decode_history(_joined(HISTORY, text)),
+            model_version=text[MODEL].decode(),
+            state_version=int(text[STATE]),
+            watermarks=decode_watermarks(_joined(WATERMARK, text)),
+            updated_at_ms=int(text[UPDATED]),
+        )
+    except (KeyError, ValueError, UnicodeDecodeError) as error:
+        raise StoreError(f"user {user_id!r}: stored record is unreadable ({error!r})") from None
+
+
+def _chunked(name: str, blob: bytes) -> dict[str, bytes]:
+    """{name0: first CHUNK bytes, name1: next, ...}; an empty blob is one empty field."""
+    pieces = [blob[start : start + CHUNK] for start in range(0, len(blob), CHUNK)] or [b""]
+    return {f"{name}{n}": piece for n, piece in enumerate(pieces)}
+
+
+def _joined(name: str, fields: Mapping[str, bytes]) -> bytes:
+    """The blob `_chunked` split; KeyError when it is absent."""
+    pieces = []
+    while (key := f"{name}{len(pieces)}") in fields:
+        pieces.append(fields[key])
+    if not pieces:
+        raise KeyError(f"{name}0")
+    return b"".join(pieces)
+
+
+def bounded(history: Sequence[HistoryEntry], limit: int) -> tuple[HistoryEntry, ...]:
+    """The newest `limit` entries, newest last."""
+    return tuple(history[-limit:]) if limit > 0 else ()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _number(value: float) -> str:
+    """Shortest decimal that reads back as the same float; "4" rather than "4.0"."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+class UserStore:
+    """Reads and compare-and-set writes of user records over a redis-py client.
+
+    Redis errors (`redis.RedisError`, e.g. ConnectionError) propagate: the
+    caller decides whether to degrade (serving) or retry (the consumer).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        history_limit: int = HISTORY_LIMIT,
+        ttl_s: int | None = None,
+    ) -> None:
+        self.client = client  # bytes responses (decode_responses=False)
+        self.history_limit = history_limit  # entries kept per user, newest last
+        self.ttl_s = ttl_s  # expire a user this long after its last write; None: never
+        self._cas = client.register_script(_CAS_SCRIPT)
+
+    @classmethod
+    def from_url(cls, url: str, **options: object) -> UserStore:
+        """A store on a new client for `url` (redis://host:port/db)."""
+        client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        return cls(client, **options)
+
+    def get(self, user_id: str) -> UserRecord | None:
+        """One user's record, or None when nothing is stored: one round trip."""
+        fields = self.client.hgetall(user_key(user_id))
+        return decode_record(user_id, fields) if fields else None
+
+    def get_many(self, user_ids: Iterable[str]) -> dict[str, UserRecord]:
+        """The stored records of the users that have one, in one pipelined round trip."""
+        ids = list(dict.fromkeys(user_ids))
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in ids:
+            pipe.hgetall(user_key(user_id))
+        replies = pipe.execute() if ids else []
+        return {
+            user_id: decode_record(user_id, fields)
+            for user_id, fields in zip(ids, replies, strict=True)
+            if fields
+        }
+
+    def put_many(self, records: Iterable[UserRecord]) -> set[str]:
+        """Writes each record if its state version is newer than the stored one.
+
+        One compare-and-set script call per user, all in one pipeline. Returns
+        the ids of the users written; the others already had a newer or equal state.
+        """
+        records = list(records)
+        if not records:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        ttl = str(self.ttl_s or 0)
+        for record in records:
+            fields = encode_record(record)
+            args = [str(record.state_version), ttl]
+            args += [part for pair in fields.items() for part in pair]
+            self._cas(keys=[user_key(record.user_id)], args=args, client=pipe)
+        replies = pipe.execute()
+        applied = {r.user_id for r, reply in zip(records, replies, strict=True) if reply == 1}
+        if len(applied) < len(records):
+            logger.info(
+                "%s of %s user writes were not newer", len(records) - len(applied), len(records)
+            )
+        return applied
+
+    def memory_usage(self, user_id: str) -> int | None:
+        """Bytes Redis uses for the user's key (`MEMORY USAGE`), None when absent."""
+        return self.client.memory_usage(user_key(user_id), samples=0)
+
+    def close(self) -> None:
+        self.client.close()

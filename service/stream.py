@@ -1,0 +1,526 @@
+"""The event consumer: Kafka micro-batches -> batched re-adaptation -> Redis -> offset commit.
+
+Why it is built this way (DESIGN.md, Events and the stream):
+- At-least-once from Kafka, exactly-once effect on user state. Offsets are
+  committed only after the states they produced are in Redis, and every user
+  record keeps the highest applied offset per partition, so a record seen
+  again (after a crash, a rebalance, or a fresh consumer group) is dropped.
+- A user's vector is re-adapted from the model's initialisation over the
+  user's whole stored (bounded) history, never stepped on from the stored
+  vector: the state is then a function of the history alone, so a replay
+  converges to the state a fault-free run would have, and a state stored
+  under another model version is simply re-adapted under the new one.
+- One poll is one micro-batch: all touched users are loaded in one pipelined
+  read, adapted in one batched call of the trainer's inner loop, and written
+  in one pipeline of compare-and-set scripts.
+- Nothing stops the loop: an invalid record goes to the dead-letter topic
+  (`<topic>.dlq`, the original bytes, headers `reason`, `detail`,
+  `source_partition`, `source_offset`); Redis or broker trouble rewinds to
+  the first uncommitted offsets and retries the batch with backoff.
+
+`EventApplier` is the state logic (no Kafka in it); `EventConsumer` is the
+Kafka adapter around it. `python -m service.stream` runs one consumer process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import redis
+import torch
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.structs import OffsetAndMetadata
+
+from service.events import MAX_PAYLOAD_BYTES, Event, InvalidEvent, check_item, parse_event
+from service.model import ServingModel
+from service.store import HistoryEntry, UserRecord, UserStore, bounded, now_ms
+from trainer.adapt import scores
+from trainer.artifact import load
+from trainer.errors import ColdstartError
+
+logger = logging.getLogger(__name__)
+
+
+class StreamObserver(Protocol):
+    """What the consumer reports; `service.metrics` implements it for Prometheus."""
+
+    def on_batch(self, size: int, seconds: float) -> None:
+        """One batched adaptation: `size` users re-adapted in `seconds`."""
+
+    def on_event_applied(self, n: int) -> None:
+        """`n` events were applied to user state (written to Redis)."""
+
+    def on_dead_letter(self, reason: str) -> None:
+        """One record went to the dead-letter topic; `reason` is a code of events.REASONS."""
+
+    def on_freshness(self, seconds: float) -> None:
+        """One applied event: from its event time to its user's state being written."""
+
+    def on_redis_error(self) -> None:
+        """A Redis call failed; the batch will be retried."""
+
+    def on_lag(self, partition: int, lag: int) -> None:
+        """Records in `partition` not yet applied (high watermark minus position)."""
+
+    def on_hit(self, hit: bool) -> None:
+        """Whether an event's item was in its user's current top-k before it was applied."""
+
+
+class NoopObserver:
+    """The default observer: reports nothing."""
+
+    def on_batch(self, size: int, seconds: float) -> None:
+        pass
+
+    def on_event_applied(self, n: int) -> None:
+        pass
+
+    def on_dead_letter(self, reason: str) -> None:
+        pass
+
+    def on_freshness(self, seconds: float) -> None:
+        pass
+
+    def on_redis_error(self) -> None:
+        pass
+
+    def on_lag(self, partition: int, lag: int) -> None:
+        pass
+
+    def on_hit(self, hit: bool) -> None:
+        pass
+
+
+class ConflictError(ColdstartError):
+    """User writes kept losing compare-and-set races; the batch is retried."""
+
+
+@dataclass(frozen=True)
+class SourcedEvent:
+    """A valid event and the record it came from."""
+
+    partition: int
+    offset: int
+    event: Event
+
+
+@dataclass(frozen=True)
+class _Update:
+    """One user's pending change within a batch."""
+
+    stored: UserRecord | None
+    events: list[SourcedEvent]  # new (above the watermark), in partition order
+
+
+class EventApplier:
+    """Applies a micro-batch of valid events to user state in Redis, exactly once."""
+
+    def __init__(
+        self,
+        model: ServingModel,
+        store: UserStore,
+        observer: StreamObserver | None = None,
+        *,
+        hit_k: int = 10,
+        max_conflicts: int = 3,
+    ) -> None:
+        self.model = model
+        self.store = store
+        self.observer = observer or NoopObserver()
+        self.hit_k = hit_k  # the top-k of the online hit rate
+        self.max_conflicts = max_conflicts  # compare-and-set retries per batch
+
+    def apply(self, events: Sequence[SourcedEvent]) -> int:
+        """Applies the events; returns how many were new. Redis errors propagate."""
+        pending = group_by_user(events)
+        applied, first = 0, True
+        for _ in range(self.max_conflicts + 1):
+            updates = self._updates(pending)
+            if first:
+                self._observe_hits(updates)
+                first = False
+            if not updates:
+                return applied
+            written = self._write(updates)
+            applied += sum(len(updates[user].events) for user in written)
+            pending = {user: pending[user] for user in updates if user not in written}
+            if not pending:
+                return applied
+            logger.info("%s users changed under us; re-reading them", len(pending))
+        raise ConflictError(f"{len(pending)} users kept losing compare-and-set races")
+
+    def _updates(self, pending: Mapping[str, list[SourcedEvent]]) -> dict[str, _Update]:
+        """Loads the users (one round trip) and keeps only events above their watermarks."""
+        stored = self.store.get_many(pending)
+        updates = {}
+        for user, events in pending.items():
+            record = stored.get(user)
+            marks = record.watermarks if record else {}
+            fresh = [e for e in events if e.offset > marks.get(e.partition, -1)]
+            if fresh:
+                updates[user] = _Update(record, fresh)
+        return updates
+
+    def _write(self, updates: Mapping[str, _Update]) -> set[str]:
+        """Re-adapts every updated user in one call and writes them in one pipeline."""
+        records = [self._history_record(user, update) for user, update in updates.items()]
+        histories = [record.interactions(self.model.item_index) for record in records]
+        features = torch.zeros(len(records), len(self.model.feature_names), dtype=torch.long)
+        started = time.perf_counter()
+        vectors = self.model.adapt(histories, features).numpy()  # (B, d)
+        self.observer.on_batch(len(records), time.perf_counter() - started)
+        written_at = now_ms()
+        records = [
+            replace(record, vector=vector.copy(), updated_at_ms=written_at)
+            for record, vector in zip(records, vectors, strict=True)
+        ]
+        written = self.store.put_many(records)
+        for user in written:
+            events = updates[user].events
+            self.observer.on_event_applied(len(events))
+            for sourced in events:
+                self.observer.on_freshness(max(0.0, (written_at - sourced.event.ts) / 1000))
+        return written
+
+    def _history_record(self, user: str, update: _Update) -> UserRecord:
+        """The user's next record, vector still to be computed: history and watermarks advanced."""
+        stored = update.stored
+        history = stored.history if stored else ()
+        history += tuple(HistoryEntry(e.event.item_id, e.event.rating) for e in update.events)
+        marks = dict(stored.watermarks) if stored else {}
+        for sourced in update.events:
+            marks[sourced.partition] = max(marks.get(sourced.partition, -1), sourced.offset)
+        return UserRecord(
+            user_id=user,
+            vector=stored.vector if stored else self.model.prior.numpy(),
+            history=bounded(history, self.store.history_limit),
+            model_version=self.model.version,
+            state_version=(stored.state_version if stored else 0) + 1,
+            watermarks=marks,
+        )
+
+    def _observe_hits(self, updates: Mapping[str, _Update]) -> None:
+        """Online hit rate: was each user's first new event's item in their current top-k?
+
+        Only the first new event per user is judged, since later events of the batch
+        would be judged against a state that no longer is current. A state stored under
+        another model version has no current top-k under this model and is skipped.
+        """
+        judged = [
+            (update.stored, update.events[0].event.item_id)
+            for update in updates.values()
+            if update.stored is None or update.stored.model_version == self.model.version
+        ]
+        if not judged:
+            return
+        index = self.model.item_index
+        vectors = torch.stack(
+            [
+                torch.from_numpy(stored.vector) if stored is not None else self.model.prior
+                for stored, _ in judged
+            ]
+        )
+        with torch.no_grad():
+            ranked = scores(vectors, self.model.tables)  # (B, I)
+        for row, (stored, _) in enumerate(judged):
+            seen = [
+                index[e.item_id] for e in (stored.history if stored else ()) if e.item_id in index
+            ]
+            ranked[row, seen] = -torch.inf
+        top = torch.topk(ranked, min(self.hit_k, ranked.shape[1])).indices.tolist()
+        for (_, item_id), best in zip(judged, top, strict=True):
+            self.observer.on_hit(index[item_id] in best)
+
+
+def group_by_user(events: Iterable[SourcedEvent]) -> dict[str, list[SourcedEvent]]:
+    """Events by user id, each user's list in the order given (partition order)."""
+    grouped: dict[str, list[SourcedEvent]] = {}
+    for sourced in events:
+        grouped.setdefault(sourced.event.user_id, []).append(sourced)
+    return grouped
+
+
+@dataclass
+class ConsumerConfig:
+    """How the consumer talks to Kafka."""
+
+    bootstrap: str  # Kafka bootstrap servers, "host:port[,host:port]"
+    topic: str = "coldstart.events"  # the events topic; dead letters go to "<topic>.dlq"
+    group_id: str = "coldstart"  # consumer group: partitions (and so users) are spread over it
+    max_records: int = 500  # records per poll: the micro-batch size at most
+    poll_timeout_ms: int = 100  # how long a poll waits for records
+    session_timeout_ms: int = 6000  # tansu joins a group slowly with the clients' defaults
+    retry_backoff_s: float = 0.2  # first wait before retrying a failed batch; doubles
+    max_backoff_s: float = 5.0  # longest wait between retries
+    dlq_max_request_bytes: int = 4 * 2**20  # producer limit: whole original records fit
+    client_id: str = "coldstart-consumer"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, owner: EventConsumer) -> None:
+        self.owner = owner
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.owner.commit_applied(revoked)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        logger.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+
+
+class EventConsumer:
+    """The consumer loop: `run()` until `stop()`; each poll is one micro-batch."""
+
+    def __init__(
+        self,
+        model: ServingModel,
+        store: UserStore,
+        config: ConsumerConfig,
+        observer: StreamObserver | None = None,
+        stopping: threading.Event | None = None,  # set by stop(), or by a caller's own handler
+    ) -> None:
+        self.config = config
+        self.observer = observer or NoopObserver()
+        self.applier = EventApplier(model, store, self.observer)
+        self.item_index = model.item_index
+        self._stopping = stopping or threading.Event()
+        self._backoff_s = 0.0
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._applied: dict[TopicPartition, int] = {}  # next offsets applied, not yet committed
+        self._dead_lettered: set[tuple[int, int]] = set()  # (partition, offset) sent this batch
+
+    def run(self) -> None:
+        """Consume until stop(); the batch in flight when stop() comes is finished and committed."""
+        self.connect()
+        try:
+            while not self._stopping.is_set():
+                self.step()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        """Ask run() to return after the batch in flight (safe from a signal handler)."""
+        self._stopping.set()
+
+    def connect(self) -> None:
+        """Join the consumer group and open the dead-letter producer."""
+        cfg = self.config
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=cfg.bootstrap,
+            group_id=cfg.group_id,
+            client_id=cfg.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.session_timeout_ms // 3,
+            max_poll_records=cfg.max_records,
+        )
+        self._consumer.subscribe([cfg.topic], listener=_Rebalance(self))
+        self._producer = KafkaProducer(
+            bootstrap_servers=cfg.bootstrap,
+            client_id=f"{cfg.client_id}-dlq",
+            acks="all",
+            max_request_size=cfg.dlq_max_request_bytes,
+        )
+        logger.info("consuming %s at %s as group %s", cfg.topic, cfg.bootstrap, cfg.group_id)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+        self._consumer = self._producer = None
+        logger.info("consumer closed")
+
+    def step(self) -> int:
+        """Poll one micro-batch and apply it; returns the number of records polled."""
+        records = self._poll()
+        if records:
+            self.process(records)
+        self._report_lag()
+        return len(records)
+
+    def process(self, records: Sequence[ConsumerRecord]) -> None:
+        """Validate, dead-letter, apply, and only then commit; on failure rewind and back off."""
+        try:
+            valid = self._validate(records)
+            self.applier.apply(valid)
+            self._flush_dead_letters()
+        except (redis.RedisError, KafkaError, ConflictError) as error:
+            if isinstance(error, redis.RedisError):
+                self.observer.on_redis_error()
+            self._retry_later(records, error)
+            return
+        self._backoff_s = 0.0
+        self._applied.update(_next_offsets(records))
+        self.commit_applied()
+        self._dead_lettered.clear()
+
+    def commit_applied(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """Commit the offsets of applied records (all, or those of `partitions`)."""
+        wanted = set(self._applied) if partitions is None else set(partitions)
+        offsets = {
+            tp: OffsetAndMetadata(o, "", -1) for tp, o in self._applied.items() if tp in wanted
+        }
+        if not offsets or self._consumer is None:
+            return
+        try:
+            self._consumer.commit(offsets)
+        except KafkaError as error:
+            # The state is in Redis with its watermarks: whoever reads these records again
+            # drops them, so a lost commit costs a re-read, not a double application.
+            logger.warning("commit of %s failed: %s", _describe(offsets), error)
+        for tp in offsets:
+            self._applied.pop(tp, None)
+
+    def _poll(self) -> list[ConsumerRecord]:
+        assert self._consumer is not None, "connect() first"
+        batches = self._consumer.poll(
+            timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_records
+        )
+        return [record for tp in sorted(batches) for record in batches[tp]]
+
+    def _validate(self, records: Sequence[ConsumerRecord]) -> list[SourcedEvent]:
+        """The valid events; the others are sent to the dead-letter topic."""
+        valid = []
+        for record in records:
+            try:
+                event = parse_event(record.value)
+                check_item(event, self.item_index)
+            except InvalidEvent as invalid:
+                self._dead_letter(record, invalid)
+                continue
+            valid.append(SourcedEvent(record.partition, record.offset, event))
+        return valid
+
+    def _dead_letter(self, record: ConsumerRecord, invalid: InvalidEvent) -> None:
+        source = (record.partition, record.offset)
+        if source in self._dead_lettered:  # already sent on an earlier try of this batch
+            return
+        logger.info(
+            "dead-lettering %s:%s:%s: %s", record.topic, record.partition, record.offset, invalid
+        )
+        headers = [
+            ("reason", invalid.reason.encode()),
+            ("detail", invalid.message.encode()),
+            ("source_partition", str(record.partition).encode()),
+            ("source_offset", str(record.offset).encode()),
+        ]
+        self._send_dead_letter(record, headers)
+        self._dead_lettered.add(source)
+        self.observer.on_dead_letter(invalid.reason)
+
+    def _send_dead_letter(self, record: ConsumerRecord, headers: list[tuple[str, bytes]]) -> None:
+        """Sends the original bytes; a record too large for the producer or broker goes
+        truncated to MAX_PAYLOAD_BYTES with a `truncated_from` header instead."""
+        assert self._producer is not None, "connect() first"
+        value = record.value or b""
+        try:
+            self._producer.send(
+                self.config.dlq_topic, key=record.key, value=value, headers=headers
+            ).get(timeout=10)
+        except MessageSizeTooLargeError:
+            headers = [*headers, ("truncated_from", str(len(value)).encode())]
+            self._producer.send(
+                self.config.dlq_topic,
+                key=record.key,
+                value=value[:MAX_PAYLOAD_BYTES],
+                headers=headers,
+            ).get(timeout=10)
+
+    def _flush_dead_letters(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout=10)
+
+    def _retry_later(self, records: Sequence[ConsumerRecord], error: Exception) -> None:
+        """Rewind to the batch's first offsets, so the next poll returns it again; back off."""
+        self._backoff_s = min(
+            self.config.max_backoff_s, max(self.config.retry_backoff_s, 2 * self._backoff_s)
+        )
+        logger.warning(
+            "batch of %s records not applied (%s); retrying in %.1f s",
+            len(records),
+            error,
+            self._backoff_s,
+        )
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        for tp, offset in _first_offsets(records).items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+        self._stopping.wait(self._backoff_s)
+
+    def _report_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                self.observer.on_lag(tp.partition, max(0, highwater - consumer.position(tp)))
+
+
+def _first_offsets(records: Iterable[ConsumerRecord]) -> dict[TopicPartition, int]:
+    first: dict[TopicPartition, int] = {}
+    for record in records:
+        first.setdefault(TopicPartition(record.topic, record.partition), record.offset)
+    return first
+
+
+def _next_offsets(records: Iterable[ConsumerRecord]) -> dict[TopicPartition, int]:
+    """Per partition, the offset after the last record: what a commit stores."""
+    return {TopicPartition(record.topic, record.partition): record.offset + 1 for record in records}
+
+
+def _describe(offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> str:
+    return ", ".join(f"{tp.topic}:{tp.partition}@{o.offset}" for tp, o in sorted(offsets.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One consumer process, stopped cleanly by SIGTERM or SIGINT."""
+    parser = argparse.ArgumentParser(prog="python -m service.stream", description=main.__doc__)
+    parser.add_argument("--model", required=True, help="model directory (trainer artifact)")
+    parser.add_argument("--kafka-bootstrap", required=True, help="host:port")
+    parser.add_argument("--redis-url", required=True, help="redis://host:port/db")
+    parser.add_argument("--topic", default="coldstart.events")
+    parser.add_argument("--group", default="coldstart")
+    parser.add_argument("--max-records", type=int, default=500)
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads; batches are small, and more threads than free cores "
+        "made adaptation 10-60x slower on a busy 2-core machine",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.torch_threads)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Handlers first: a SIGTERM while the model loads must still end in a clean exit.
+    stop_requested = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop_requested.set())
+    config = ConsumerConfig(
+        args.kafka_bootstrap, args.topic, args.group, max_records=args.max_records
+    )
+    model, store = ServingModel(load(args.model)), UserStore.from_url(args.redis_url)
+    EventConsumer(model, store, config, stopping=stop_requested).run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Unit: event parsing and validation, one test per way a record can be wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service import events
+from service.events import Event, InvalidEvent, check_item, event_from_mapping, parse_event
+
+GOOD = {
+    "event_id": "e1",
+    "user_id": "u1",
+    "item_id": "i1",
+    "type": "rating",
+    "value": 4.5,
+    "ts": 1_700_000_000_000,
+}
+
+
+def encoded(**changes: object) -> bytes:
+    document = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in document.items() if v is not ...}).encode()
+
+
+def reason_of(value: bytes | None) -> str:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(value)
+    assert str(caught.value) == caught.value.message
+    return caught.value.reason
+
+
+def test_a_valid_event_round_trips() -> None:
+    event = parse_event(encoded())
+    assert event == Event("e1", "u1", "i1", "rating", 4.5, 1_700_000_000_000)
+    assert event.rating == 4.5
+    assert parse_event(event.to_json()) == event
+
+
+def test_integers_are_accepted_as_values_and_extra_keys_ignored() -> None:
+    event = parse_event(encoded(type="click", value=1, extra={"a": 1}))
+    assert event.value == 1.0 and isinstance(event.value, float)
+    assert event.rating is None
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, events.EMPTY),
+        (b"", events.EMPTY),
+        (b"{not json", events.BAD_JSON),
+        (b"\xff\xfe", events.BAD_JSON),
+        (b"[1, 2]", events.NOT_OBJECT),
+        (b'"text"', events.NOT_OBJECT),
+        (b"x" * (events.MAX_PAYLOAD_BYTES + 1), events.TOO_LARGE),
+    ],
+)
+def test_unreadable_records_are_refused(value: bytes | None, reason: str) -> None:
+    assert reason_of(value) == reason
+
+
+@pytest.mark.parametrize("field", events.FIELDS)
+def test_a_missing_field_is_named(field: str) -> None:
+    with pytest.raises(InvalidEvent, match=f"missing field {field}") as caught:
+        parse_event(encoded(**{field: ...}))
+    assert caught.value.reason == events.MISSING_FIELD
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"user_id": 7}, events.WRONG_TYPE),
+        ({"item_id": None}, events.WRONG_TYPE),
+        ({"type": 3}, events.WRONG_TYPE),
+        ({"value": "4"}, events.WRONG_TYPE),
+        ({"value": True}, events.WRONG_TYPE),
+        ({"ts": 1.5}, events.WRONG_TYPE),
+        ({"ts": "1700000000000"}, events.WRONG_TYPE),
+        ({"user_id": ""}, events.BAD_ID),
+        ({"event_id": "e" * 257}, events.BAD_ID),
+        ({"item_id": "a\x1fb"}, events.BAD_ID),
+        ({"type": "like"}, events.UNKNOWN_TYPE),
+        ({"value": 11.0}, events.BAD_VALUE),
+        ({"value": -0.5}, events.BAD_VALUE),
+        ({"ts": -1}, events.BAD_TS),
+        ({"ts": 2**63}, events.BAD_TS),
+    ],
+)
+def test_invalid_fields_are_refused_with_a_reason(changes: dict, reason: str) -> None:
+    assert reason_of(encoded(**changes)) == reason
+
+
+def test_nan_and_infinite_values_are_refused() -> None:
+    for literal in (b"NaN", b"Infinity", b"1e999"):
+        record = encoded(value=0).replace(b'"value": 0', b'"value": ' + literal)
+        assert reason_of(record) == events.BAD_VALUE
+
+
+def test_ids_of_exactly_the_limit_are_fine() -> None:
+    assert parse_event(encoded(user_id="u" * events.MAX_ID_CHARS)).user_id.startswith("u")
+
+
+def test_a_view_may_carry_any_finite_value() -> None:
+    assert parse_event(encoded(type="view", value=250.0)).value == 250.0
+
+
+def test_the_mapping_entry_point_validates_the_same_way() -> None:
+    assert event_from_mapping(GOOD).item_id == "i1"
+    with pytest.raises(InvalidEvent, match="expected a JSON object, got array"):
+        event_from_mapping([GOOD])
+
+
+def test_check_item_maps_known_items_and_refuses_unknown_ones() -> None:
+    event = parse_event(encoded())
+    assert check_item(event, {"i1": 3}) == 3
+    with pytest.raises(InvalidEvent, match="not in the catalogue") as caught:
+        check_item(event, {"i2": 0})
+    assert caught.value.reason == events.UNKNOWN_ITEM
+
+
+def test_reason_codes_are_a_small_fixed_set() -> None:
+    assert len(set(events.REASONS)) == len(events.REASONS) == 11
+    assert all(code.isidentifier() for code in events.REASONS)

@@ -1,0 +1,414 @@
+"""Integration: the gRPC server against a real redis-server (and a real tansu broker for
+RecordEvents), both started by LocalStack, with a tiny untrained model from an artifact.
+
+Covers the Recommend paths (cold, adapted, re-adapted after a model change, seen-item
+filtering, candidates), every INVALID_ARGUMENT case and its message, DEGRADED when Redis is
+gone (never UNKNOWN), GetUserState, RecordEvents into the topic, health, reflection, and a
+property test over RecommendRequest fields that never sees UNKNOWN or INTERNAL.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from coldstart.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kafka import KafkaConsumer, TopicPartition
+
+from service.app import serving_redis
+from service.localstack import LocalStack
+from service.metrics import Metrics
+from service.model import ServingModel
+from service.server import (
+    SERVICE_NAME,
+    GrpcServer,
+    Ingestor,
+    KafkaEventSink,
+    Recommender,
+    RecommenderServicer,
+    start_server,
+)
+from service.store import HistoryEntry, UserRecord, UserStore
+from service.topics import create_topic
+from trainer import artifact
+from trainer.data import load_dataset
+from trainer.episodes import make_context
+from trainer.model import ModelConfig
+from trainer.synth import write_synthetic
+from trainer.train import build_model
+
+TOPIC = "coldstart.events.servertest"
+N_ITEMS = 40
+Code = grpc.StatusCode
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> ServingModel:
+    root = tmp_path_factory.mktemp("server")
+    write_synthetic(root / "data", n_users=60, n_items=N_ITEMS, seed=0)
+    data = load_dataset(root / "data")
+    ctx = make_context(data, 0, [0, 1, 3], torch.device("cpu"))
+    torch.manual_seed(0)
+    artifact.save(build_model(ctx, ModelConfig(dim=8)), data, root / "model", {"seed": 0})
+    return ServingModel(artifact.load(root / "model"))
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    with LocalStack(kafka=True, redis=True) as started:
+        create_topic(started.kafka_bootstrap, TOPIC, 2)
+        yield started
+
+
+@dataclass
+class Running:
+    stub: recommender_pb2_grpc.RecommenderStub
+    channel: grpc.Channel
+    server: GrpcServer
+    metrics: Metrics
+    store: UserStore
+
+
+@contextmanager
+def running(
+    model: ServingModel, stack: LocalStack, redis_url: str, max_events: int = 1000
+) -> Iterator[Running]:
+    metrics = Metrics()
+    store = UserStore(serving_redis(redis_url, timeout_s=0.25))
+    sink = KafkaEventSink(stack.kafka_bootstrap, TOPIC)
+    servicer = RecommenderServicer(
+        Recommender(model, store, metrics),
+        Ingestor(model.item_index, sink, metrics, max_events),
+        metrics,
+    )
+    server = start_server(servicer, host="127.0.0.1", port=0, workers=4)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        yield Running(
+            recommender_pb2_grpc.RecommenderStub(channel), channel, server, metrics, store
+        )
+    finally:
+        channel.close()
+        server.stop(0.5)
+        sink.close()
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def service(model: ServingModel, stack: LocalStack) -> Iterator[Running]:
+    with running(model, stack, stack.redis_url, max_events=5) as started:
+        yield started
+
+
+def adapted_user(
+    service: Running, model: ServingModel, user_id: str, items: list[str], version: str = ""
+) -> UserRecord:
+    """Writes a stored state for `user_id` with a random vector and `items` as history."""
+    rng = np.random.default_rng(abs(hash(user_id)) % 2**32)
+    record = UserRecord(
+        user_id=user_id,
+        vector=rng.normal(size=model.dim).astype(np.float32),
+        history=tuple(HistoryEntry(item, 4.0 if n % 2 else None) for n, item in enumerate(items)),
+        model_version=version or model.version,
+        state_version=1,
+        watermarks={0: 7},
+        updated_at_ms=1_700_000_000_000,
+    )
+    assert service.store.put_many([record]) == {user_id}
+    return record
+
+
+def recommend(service: Running, **fields) -> recommender_pb2.RecommendResponse:
+    return service.stub.Recommend(recommender_pb2.RecommendRequest(**fields), timeout=5)
+
+
+def ids(response: recommender_pb2.RecommendResponse) -> list[str]:
+    return [item.item_id for item in response.items]
+
+
+def test_unknown_user_is_cold_from_the_prior(service: Running, model: ServingModel) -> None:
+    response = recommend(service, user_id="nobody", k=10)
+    assert response.state == recommender_pb2.COLD
+    assert response.model_version == model.version
+    assert (response.interactions_used, response.state_version) == (0, 0)
+    assert ids(response) == [item for item, _ in model.top_k(model.prior, 10)]
+    scores = [item.score for item in response.items]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_cold_user_with_features_is_conditioned_on_them(
+    service: Running, model: ServingModel
+) -> None:
+    features = {name: "x" for name in model.feature_names}
+    features[model.feature_names[0]] = next(iter(model._codes[0]))  # a known value
+    response = recommend(service, user_id="newcomer", k=5, features=features)
+    codes = model.feature_codes(features).unsqueeze(0)
+    expected = model.top_k(model.initial(codes)[0], 5)
+    assert response.state == recommender_pb2.COLD
+    assert ids(response) == [item for item, _ in expected]
+
+
+def test_adapted_user_is_scored_from_the_stored_vector_without_seen_items(
+    service: Running, model: ServingModel
+) -> None:
+    seen = model.item_ids[:3]
+    record = adapted_user(service, model, "adapted-1", seen)
+    response = recommend(service, user_id="adapted-1", k=N_ITEMS)
+    assert response.state == recommender_pb2.ADAPTED
+    assert (response.interactions_used, response.state_version) == (3, 1)
+    assert not set(ids(response)) & set(seen)
+    assert len(response.items) == N_ITEMS - 3
+    expected = model.top_k(torch.from_numpy(record.vector), 10, exclude=[0, 1, 2])
+    assert ids(response)[:10] == [item for item, _ in expected]
+
+
+def test_include_seen_returns_history_items_too(service: Running, model: ServingModel) -> None:
+    adapted_user(service, model, "adapted-2", model.item_ids[:3])
+    response = recommend(service, user_id="adapted-2", k=N_ITEMS, include_seen=True)
+    assert response.state == recommender_pb2.ADAPTED
+    assert set(ids(response)) == set(model.item_ids)
+
+
+def test_candidates_restrict_the_ranking_and_still_drop_seen(
+    service: Running, model: ServingModel
+) -> None:
+    adapted_user(service, model, "adapted-3", model.item_ids[:2])
+    candidates = model.item_ids[:6]
+    response = recommend(service, user_id="adapted-3", k=10, candidate_item_ids=candidates)
+    assert sorted(ids(response)) == sorted(candidates[2:])
+    cold = recommend(service, user_id="cold-3", k=3, candidate_item_ids=candidates)
+    assert len(cold.items) == 3 and set(ids(cold)) <= set(candidates)
+
+
+def test_state_of_another_model_version_is_re_adapted_from_its_history(
+    service: Running, model: ServingModel
+) -> None:
+    record = adapted_user(service, model, "old-model-user", model.item_ids[5:9], version="old")
+    response = recommend(service, user_id="old-model-user", k=10)
+    adapted = model.adapt([record.interactions(model.item_index)], torch.zeros(1, 3).long())[0]
+    expected = model.top_k(adapted, 10, exclude=[5, 6, 7, 8])
+    assert response.state == recommender_pb2.ADAPTED
+    assert response.interactions_used == 4
+    assert ids(response) == [item for item, _ in expected]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"user_id": "u", "k": 0}, "k must be between 1 and 1000, got 0"),
+        ({"user_id": "u", "k": -3}, "k must be between 1 and 1000, got -3"),
+        ({"user_id": "u", "k": 1001}, "k must be between 1 and 1000, got 1001"),
+        ({"user_id": "", "k": 5}, "user_id is empty"),
+        ({"user_id": "u" * 257, "k": 5}, "user_id has 257 characters, more than the limit of 256"),
+        (
+            {"user_id": "u", "k": 5, "candidate_item_ids": ["i1"] * 10_001},
+            "candidate_item_ids has 10001 ids, more than the limit of 10000",
+        ),
+        (
+            {"user_id": "u", "k": 5, "candidate_item_ids": ["i1", "nope"]},
+            "candidate_item_ids: 1 not in the catalogue of model",
+        ),
+        ({"user_id": "u", "k": 5, "features": {"shoe_size": "9"}}, "unknown feature shoe_size"),
+    ],
+)
+def test_bad_requests_are_invalid_argument_with_a_message(
+    service: Running, fields: dict, message: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        recommend(service, **fields)
+    assert raised.value.code() == Code.INVALID_ARGUMENT
+    assert message in raised.value.details()
+
+
+def test_get_user_state_summarises_stored_and_unknown_users(
+    service: Running, model: ServingModel
+) -> None:
+    adapted_user(service, model, "state-user", model.item_ids[:4])
+    stored = service.stub.GetUserState(recommender_pb2.GetUserStateRequest(user_id="state-user"))
+    assert stored.state == recommender_pb2.ADAPTED
+    assert (stored.history_length, stored.state_version) == (4, 1)
+    assert (stored.model_version, stored.updated_at_ms) == (model.version, 1_700_000_000_000)
+    unknown = service.stub.GetUserState(recommender_pb2.GetUserStateRequest(user_id="ghost"))
+    assert unknown.state == recommender_pb2.COLD
+    assert (unknown.history_length, unknown.state_version, unknown.updated_at_ms) == (0, 0, 0)
+    with pytest.raises(grpc.RpcError) as raised:
+        service.stub.GetUserState(recommender_pb2.GetUserStateRequest(user_id=""))
+    assert raised.value.code() == Code.INVALID_ARGUMENT
+
+
+def event(n: int, **overrides) -> event_pb2.Event:
+    fields = {
+        "event_id": f"e{n}",
+        "user_id": f"ingest-{n % 2}",
+        "item_id": f"i{n % N_ITEMS}",
+        "type": event_pb2.CLICK,
+        "value": 1.0,
+        "ts": 1_700_000_000_000 + n,
+    }
+    return event_pb2.Event(**{**fields, **overrides})
+
+
+def test_record_events_produces_valid_events_and_explains_rejections(
+    service: Running, stack: LocalStack
+) -> None:
+    events = [
+        event(0),
+        event(1, type=event_pb2.RATING, value=4.0),
+        event(2, item_id="not-an-item"),
+        event(3, user_id=""),
+        event(4, type=event_pb2.EVENT_TYPE_UNSPECIFIED),
+    ]
+    response = service.stub.RecordEvents(iter(events), timeout=15)
+    assert (response.accepted, response.rejected) == (2, 3)
+    reasons = {r.index: (r.event_id, r.reason) for r in response.rejections}
+    assert reasons[2] == ("e2", "item 'not-an-item' is not in the catalogue")
+    assert reasons[3] == ("e3", "user_id is empty")
+    assert reasons[4][1].startswith("type 'unspecified' is not one of")
+    consumer = KafkaConsumer(bootstrap_servers=stack.kafka_bootstrap)
+    records = []
+    try:
+        consumer.assign([TopicPartition(TOPIC, p) for p in (0, 1)])
+        consumer.seek_to_beginning()
+        deadline = time.monotonic() + 10
+        while len(records) < 2 and time.monotonic() < deadline:
+            records += [r for batch in consumer.poll(timeout_ms=200).values() for r in batch]
+    finally:
+        consumer.close()
+    produced = {record.key.decode(): json.loads(record.value) for record in records}
+    assert produced["ingest-0"]["event_id"] == "e0"
+    assert produced["ingest-1"] == {
+        "event_id": "e1",
+        "user_id": "ingest-1",
+        "item_id": "i1",
+        "type": "rating",
+        "value": 4.0,
+        "ts": 1_700_000_000_001,
+    }
+
+
+def test_record_events_caps_a_stream(service: Running) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        service.stub.RecordEvents(iter([event(n) for n in range(8)]), timeout=15)
+    assert raised.value.code() == Code.RESOURCE_EXHAUSTED
+    assert "may carry 5 events; the first 5 were processed (5 accepted" in raised.value.details()
+
+
+def test_health_answers_serving(service: Running) -> None:
+    health = health_pb2_grpc.HealthStub(service.channel)
+    for name in ("", SERVICE_NAME):
+        answer = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_and_describes_the_services(service: Running) -> None:
+    database = ProtoReflectionDescriptorDatabase(service.channel)
+    services = database.get_services()
+    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= set(services)
+    described = database.FindFileContainingSymbol(SERVICE_NAME)
+    assert described.package == "coldstart.v1"
+    assert "coldstart/v1/event.proto" in described.dependency
+
+
+names = st.text(st.characters(exclude_categories=("Cs",)), max_size=300)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    user_id=st.one_of(names, st.sampled_from(["adapted-1", "old-model-user", "nobody"])),
+    k=st.one_of(st.integers(-(2**31), 2**31 - 1), st.integers(-2, 1002)),
+    include_seen=st.booleans(),
+    features=st.dictionaries(
+        st.one_of(st.sampled_from(["age", "gender", "occupation"]), names),
+        names,
+        max_size=4,
+    ),
+    candidates=st.lists(
+        st.one_of(st.sampled_from([f"i{n}" for n in range(50)]), names), max_size=20
+    ),
+)
+def test_no_request_sees_unknown_or_internal(
+    service: Running, user_id: str, k: int, include_seen: bool, features: dict, candidates: list
+) -> None:
+    request = recommender_pb2.RecommendRequest(
+        user_id=user_id,
+        k=k,
+        include_seen=include_seen,
+        features=features,
+        candidate_item_ids=candidates,
+    )
+    try:
+        response = service.stub.Recommend(request, timeout=5)
+    except grpc.RpcError as error:
+        assert error.code() == Code.INVALID_ARGUMENT, error.details()
+        assert error.details()
+        return
+    assert response.state in (recommender_pb2.COLD, recommender_pb2.ADAPTED)
+    assert 0 < len(response.items) <= k
+    if candidates:
+        assert set(ids(response)) <= set(candidates)
+
+
+def test_redis_stopped_answers_degraded_never_unknown(
+    model: ServingModel, stack: LocalStack
+) -> None:
+    with LocalStack(kafka=False, redis=True) as own, running(model, stack, own.redis_url) as svc:
+        adapted_user(svc, model, "will-degrade", model.item_ids[:3])
+        assert recommend(svc, user_id="will-degrade", k=5).state == recommender_pb2.ADAPTED
+        own.stop()  # the Redis process is gone; the pooled connection breaks
+        for _ in range(3):
+            started = time.perf_counter()
+            response = recommend(svc, user_id="will-degrade", k=5)
+            assert time.perf_counter() - started < 1.0
+            assert response.state == recommender_pb2.DEGRADED
+            assert ids(response) == [item for item, _ in model.top_k(model.prior, 5)]
+        state = svc.stub.GetUserState(recommender_pb2.GetUserStateRequest(user_id="will-degrade"))
+        assert state.state == recommender_pb2.DEGRADED
+        values = svc.metrics.values()
+        assert values["coldstart_redis_errors_total"] >= 4
+        assert values['coldstart_recommend_responses_total{state="degraded"}'] == 3
+
+
+def test_metrics_count_requests_by_method_and_code_and_pass_promtool(service: Running) -> None:
+    recommend(service, user_id="metrics-user", k=3)
+    with pytest.raises(grpc.RpcError):
+        recommend(service, user_id="metrics-user", k=0)
+    values = service.metrics.values()
+    assert values['coldstart_grpc_requests_total{code="OK",method="Recommend"}'] > 0
+    assert values['coldstart_grpc_requests_total{code="INVALID_ARGUMENT",method="Recommend"}'] > 0
+    assert values['coldstart_grpc_requests_total{code="RESOURCE_EXHAUSTED",method="RecordEvents"}']
+    assert values['coldstart_events_rejected_total{reason="unknown_item"}'] >= 1
+    assert values['coldstart_recommend_responses_total{state="adapted"}'] > 0
+    assert not any("UNKNOWN" in name or "INTERNAL" in name for name in values)
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=service.metrics.scrape(), capture_output=True
+    )
+    assert checked.stdout + checked.stderr == b""
+    assert checked.returncode == 0
+
+
+def test_not_serving_after_shutdown_begins(model: ServingModel, stack: LocalStack) -> None:
+    with running(model, stack, stack.redis_url) as svc:
+        svc.server.not_serving()
+        health = health_pb2_grpc.HealthStub(svc.channel)
+        answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,0 +1,192 @@
+"""Integration, crash safety: SIGKILL a consumer process mid-stream against real tansu and Redis.
+
+20,000 events are consumed twice: once by a consumer that is never disturbed,
+and once by consumer processes (`python -m service.stream`) killed with
+SIGKILL at several points and restarted. Every user's final state must be the
+same in both: the same history and watermarks, the same vector within float
+tolerance. Nothing lost (offsets are committed only after Redis has the state)
+and nothing applied twice (the per-partition watermark drops what was applied
+but not committed).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from service.events import Event
+from service.localstack import LocalStack
+from service.store import UserStore, now_ms
+from service.topics import create_topic
+from trainer import artifact
+from trainer.data import load_dataset
+from trainer.episodes import make_context
+from trainer.model import ModelConfig
+from trainer.synth import write_synthetic
+from trainer.train import build_model
+
+TOPIC = "events.crash"
+PARTITIONS = 2
+EVENTS = 20_000
+USERS = 300  # about 67 events each: histories overflow their bound of 50
+KILLS = 3
+MAX_RECORDS = 200
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    with LocalStack(kafka=True, redis=True) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("model")
+    write_synthetic(root / "data", n_users=200, n_items=300, seed=1)
+    data = load_dataset(root / "data")
+    torch.manual_seed(0)
+    ctx = make_context(data, 0, [0, 1, 3], torch.device("cpu"))
+    artifact.save(build_model(ctx, ModelConfig(dim=16)), data, root / "model", {"seed": 0})
+    return root / "model"
+
+
+def produce(bootstrap: str, item_ids: list[str]) -> None:
+    rng = random.Random(0)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    try:
+        for n in range(EVENTS):
+            user = f"u{rng.randrange(USERS)}"
+            rated = rng.random() < 0.5
+            kind, value = ("rating", float(rng.randint(1, 5))) if rated else ("click", 1.0)
+            event = Event(f"e{n}", user, rng.choice(item_ids), kind, value, now_ms())
+            producer.send(TOPIC, key=user.encode(), value=event.to_json())
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+
+
+class Watch:
+    """Reads a group's committed offsets and what Redis holds, with one open probe."""
+
+    def __init__(self, stack: LocalStack, group: str, url: str) -> None:
+        self.probe = KafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=group)
+        self.store = UserStore.from_url(url)
+
+    def committed(self) -> dict[int, int]:
+        return {p: self.probe.committed(TopicPartition(TOPIC, p)) or 0 for p in range(PARTITIONS)}
+
+    def total(self) -> int:
+        return sum(self.committed().values())
+
+    def applied_beyond_commit(self) -> bool:
+        """Whether Redis holds events whose offsets are not committed: a replay will follow."""
+        applied: dict[int, int] = {}
+        for record in self.store.get_many(f"u{n}" for n in range(USERS)).values():
+            for partition, offset in record.watermarks.items():
+                applied[partition] = max(applied.get(partition, -1), offset)
+        committed = self.committed()
+        return any(offset + 1 > committed[p] for p, offset in applied.items())
+
+    def close(self) -> None:
+        self.probe.close()
+        self.store.close()
+
+
+def wait_for(check, timeout_s: float, what: str, every_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(every_s)
+
+
+def start_consumer(
+    model_dir: Path, stack: LocalStack, url: str, group: str, log: Path
+) -> subprocess.Popen:
+    command = [sys.executable, "-m", "service.stream", "--model", str(model_dir)]
+    command += ["--kafka-bootstrap", stack.kafka_bootstrap, "--redis-url", url]
+    command += ["--topic", TOPIC, "--group", group, "--max-records", str(MAX_RECORDS)]
+    with log.open("ab") as out:
+        return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+def drain_and_stop(process: subprocess.Popen, watch: Watch, log: Path) -> None:
+    """Wait until every event is committed, then SIGTERM: a clean exit."""
+    wait_for(lambda: watch.total() == EVENTS, 120, "the consumer drains the topic")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0, log.read_text()[-3000:]
+
+
+def clean_run(model_dir: Path, stack: LocalStack, url: str, log: Path) -> None:
+    """The reference: one consumer process, never disturbed."""
+    watch = Watch(stack, "clean", url)
+    try:
+        drain_and_stop(start_consumer(model_dir, stack, url, "clean", log), watch, log)
+    finally:
+        watch.close()
+
+
+def kill_when(process: subprocess.Popen, watch: Watch, in_window: bool) -> bool:
+    """SIGKILL after some progress: at once when Redis is seen ahead of the committed
+    offsets (`in_window`), else at a random moment. True if Redis was ahead after the kill."""
+    before = watch.total()
+    wait_for(lambda: watch.total() > before, 60, "progress before a kill", every_s=0.05)
+    if in_window:
+        deadline = time.monotonic() + 5
+        while not watch.applied_beyond_commit() and time.monotonic() < deadline:
+            pass
+    else:
+        time.sleep(random.Random(before).uniform(0.0, 0.3))
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return watch.applied_beyond_commit()
+
+
+def crashing_run(model_dir: Path, stack: LocalStack, url: str, log: Path) -> int:
+    """Consumer processes killed KILLS times and restarted; returns how many kills left
+    state in Redis beyond the committed offsets (so that a replay had to be a no-op)."""
+    watch = Watch(stack, "crashy", url)
+    replays = 0
+    try:
+        for kill in range(KILLS):
+            process = start_consumer(model_dir, stack, url, "crashy", log)
+            replays += kill_when(process, watch, in_window=kill % 2 == 0)
+            time.sleep(7)  # the dead member's session (6 s) expires: the next joins an empty group
+        drain_and_stop(start_consumer(model_dir, stack, url, "crashy", log), watch, log)
+    finally:
+        watch.close()
+    return replays
+
+
+def test_sigkilled_consumers_end_in_the_same_state_as_a_fault_free_run(
+    stack: LocalStack, model_dir: Path, tmp_path: Path
+) -> None:
+    create_topic(stack.kafka_bootstrap, TOPIC, PARTITIONS)
+    produce(stack.kafka_bootstrap, artifact.load(model_dir).item_ids)
+    base = stack.redis_url.rsplit("/", 1)[0]
+    clean_url, crashy_url = f"{base}/1", f"{base}/2"
+    clean_run(model_dir, stack, clean_url, tmp_path / "clean.log")
+    replays = crashing_run(model_dir, stack, crashy_url, tmp_path / "consumer.log")
+    print(f"{replays} of {KILLS} kills left state written beyond the committed offsets")
+
+    users = [f"u{n}" for n in range(USERS)]
+    clean = UserStore.from_url(clean_url).get_many(users)
+    crashy = UserStore.from_url(crashy_url).get_many(users)
+    assert set(clean) == set(crashy) == set(users)
+    for user in users:
+        assert crashy[user].history == clean[user].history, user
+        assert dict(crashy[user].watermarks) == dict(clean[user].watermarks), user
+        np.testing.assert_allclose(crashy[user].vector, clean[user].vector, rtol=1e-4, atol=1e-5)
+    assert max(len(r.history) for r in clean.values()) == 50

@@ -1,0 +1,309 @@
+"""Integration: the event consumer against a real tansu broker and a real redis-server.
+
+Both are started by the local stack; nothing is mocked. A tiny untrained model
+is enough here: these tests check the plumbing (what reaches Redis, what is
+dead-lettered, what a replay or a Redis outage does), not recommendation quality.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+import torch
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from service.events import Event, parse_event
+from service.localstack import LocalStack, free_port, redis_server_binary
+from service.model import ServingModel
+from service.replay import replay, replay_order
+from service.store import HistoryEntry, UserRecord, UserStore, now_ms
+from service.stream import ConsumerConfig, EventConsumer, NoopObserver
+from service.topics import create_topic
+from trainer import artifact
+from trainer.data import load_dataset
+from trainer.episodes import make_context
+from trainer.model import ModelConfig
+from trainer.split import protocol_order, split_users
+from trainer.synth import write_synthetic
+from trainer.train import build_model
+
+PARTITIONS = 2
+ONE_MB = 1_000_000
+
+
+class Recorder(NoopObserver):
+    """Counts what the consumer reports."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.dead: Counter[str] = Counter()
+
+    def on_event_applied(self, n: int) -> None:
+        self.counts["applied"] += n
+
+    def on_dead_letter(self, reason: str) -> None:
+        self.dead[reason] += 1
+
+    def on_redis_error(self) -> None:
+        self.counts["redis_errors"] += 1
+
+    def on_hit(self, hit: bool) -> None:
+        self.counts["judged"] += 1
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    with LocalStack(kafka=True, redis=True) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> ServingModel:
+    root = tmp_path_factory.mktemp("model")
+    write_synthetic(root / "data", n_users=200, n_items=100, seed=0)
+    data = load_dataset(root / "data")
+    torch.manual_seed(0)
+    untrained = build_model(
+        make_context(data, 0, [0, 1, 3], torch.device("cpu")), ModelConfig(dim=16)
+    )
+    artifact.save(untrained, data, root / "model", {"seed": 0})
+    return ServingModel(artifact.load(root / "model"))
+
+
+@pytest.fixture(scope="module")
+def producer(stack: LocalStack) -> Iterator[KafkaProducer]:
+    started = KafkaProducer(
+        bootstrap_servers=stack.kafka_bootstrap, acks="all", max_request_size=4 * 2**20
+    )
+    yield started
+    started.close()
+
+
+def event(user: str, n: int, item: str, rating: float | None = None) -> Event:
+    kind, value = ("rating", rating) if rating is not None else ("click", 1.0)
+    return Event(f"{user}-{n}", user, item, kind, value, now_ms())
+
+
+def send(producer: KafkaProducer, topic: str, key: str, value: bytes) -> None:
+    producer.send(topic, key=key.encode(), value=value).get(timeout=10)
+
+
+def eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(0.05)
+
+
+class Running:
+    """An EventConsumer in a thread, stopped (batch finished, offsets committed) on exit."""
+
+    def __init__(self, consumer: EventConsumer) -> None:
+        self.consumer = consumer
+        self.thread = threading.Thread(target=consumer.run, daemon=True)
+
+    def __enter__(self) -> EventConsumer:
+        self.thread.start()
+        return self.consumer
+
+    def __exit__(self, *exc: object) -> None:
+        self.consumer.stop()
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive()
+
+
+def consumer_for(
+    model: ServingModel, url: str, stack: LocalStack, topic: str, group: str, observer: Recorder
+) -> EventConsumer:
+    config = ConsumerConfig(stack.kafka_bootstrap, topic, group, max_records=50)
+    return EventConsumer(model, UserStore.from_url(url), config, observer)
+
+
+def committed_everything(stack: LocalStack, topic: str, group: str) -> bool:
+    """Whether `group` has committed the end offset of every partition of `topic`."""
+    probe = KafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=group)
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        ends = probe.end_offsets(partitions)
+        return all((probe.committed(tp) or 0) == ends[tp] for tp in partitions)
+    finally:
+        probe.close()
+
+
+def dead_letters(stack: LocalStack, topic: str, expected: int) -> list:
+    """The records of a topic (here, dead letters), read without a group, once `expected`
+    are there."""
+    reader = KafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, auto_offset_reset="earliest")
+    records: list = []
+    try:
+        eventually(lambda: reader.partitions_for_topic(topic), 10, f"{topic} exists")
+        reader.assign([TopicPartition(topic, p) for p in reader.partitions_for_topic(topic)])
+        deadline = time.monotonic() + 15
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in reader.poll(timeout_ms=200).values():
+                records += batch
+    finally:
+        reader.close()
+    return records
+
+
+def assert_adapted_from_history(model: ServingModel, record: UserRecord) -> None:
+    histories = [record.interactions(model.item_index)]
+    features = torch.zeros(1, len(model.feature_names), dtype=torch.long)
+    expected = model.adapt(histories, features)[0].numpy()
+    np.testing.assert_allclose(record.vector, expected, rtol=1e-5, atol=1e-6)
+    assert record.model_version == model.version
+
+
+def test_events_reach_redis_invalid_ones_are_dead_lettered_and_a_replay_changes_nothing(
+    stack: LocalStack, model: ServingModel, producer: KafkaProducer
+) -> None:
+    topic = "events.main"
+    create_topic(stack.kafka_bootstrap, topic, PARTITIONS)
+    store = UserStore.from_url(stack.redis_url)
+    # A user stored under another model version, with a history and an item this model lacks.
+    old = [HistoryEntry("i1", 4.0), HistoryEntry("retired", None), HistoryEntry("i2", None)]
+    store.put_many([UserRecord("old", np.ones(3, np.float32), tuple(old), "older-model", 7)])
+
+    users = [f"user{n}" for n in range(6)] + ["old"]
+    sent: dict[str, list[Event]] = {user: [] for user in users}
+    malformed = {
+        "bad_json": b'{"event_id": "x", ',
+        "missing_field": json.dumps({"event_id": "x", "user_id": "user0"}).encode(),
+        "wrong_type": event("user0", 99, "i3").to_json().replace(b'"value":1.0', b'"value":"1"'),
+        "unknown_item": event("user1", 99, "no-such-item").to_json(),
+        "payload_too_large": b'{"pad": "' + b"x" * ONE_MB + b'"}',
+    }
+    for round_ in range(4):
+        for u, user in enumerate(users):
+            sourced = event(user, round_, f"i{(7 * u + 3 * round_) % 100}", 1.0 + (u + round_) % 5)
+            sent[user].append(sourced)
+            send(producer, topic, user, sourced.to_json())
+        if round_ == 1:  # the bad records sit between good ones: the loop must go on
+            for n, value in enumerate(malformed.values()):
+                send(producer, topic, users[n], value)
+
+    observer = Recorder()
+    consumer = consumer_for(model, stack.redis_url, stack, topic, "main", observer)
+    with Running(consumer):
+        eventually(lambda: observer.counts["applied"] == 4 * len(users), 30, "all events applied")
+    assert committed_everything(stack, topic, "main")
+    assert observer.dead == Counter(dict.fromkeys(malformed, 1))
+    assert observer.counts["judged"] >= len(users) - 1  # "old" has no top-k under this model
+
+    stored = store.get_many(users)
+    for user in users[:-1]:
+        record = stored[user]
+        assert [e.item_id for e in record.history] == [e.item_id for e in sent[user]]
+        assert [e.rating for e in record.history] == [e.value for e in sent[user]]
+        assert record.state_version >= 1
+        assert_adapted_from_history(model, record)
+    # Re-adapted under this model from the old history plus the new events; "retired" kept.
+    upgraded = stored["old"]
+    assert upgraded.history[:3] == tuple(old) and len(upgraded.history) == 7
+    assert upgraded.state_version > 7
+    assert_adapted_from_history(model, upgraded)
+
+    letters = dead_letters(stack, f"{topic}.dlq", len(malformed))
+    by_reason = {dict(r.headers)["reason"].decode(): r for r in letters}
+    assert set(by_reason) == set(malformed)
+    for reason, value in malformed.items():
+        headers = dict(by_reason[reason].headers)
+        assert by_reason[reason].value == value
+        assert headers["detail"] and int(headers["source_offset"]) >= 0
+        assert int(headers["source_partition"]) in range(PARTITIONS)
+
+    # A fresh group reads everything again from offset 0: every record is below a watermark.
+    replayer = Recorder()
+    with Running(consumer_for(model, stack.redis_url, stack, topic, "replay", replayer)):
+        eventually(lambda: committed_everything(stack, topic, "replay"), 30, "replay committed")
+    again = store.get_many(users)
+    assert replayer.counts["applied"] == 0
+    for user in users:
+        assert again[user].state_version == stored[user].state_version
+        assert again[user].updated_at_ms == stored[user].updated_at_ms
+    store.close()
+
+
+def test_redis_down_holds_offsets_and_nothing_is_lost_when_it_returns(
+    stack: LocalStack, model: ServingModel, producer: KafkaProducer, tmp_path: Path
+) -> None:
+    topic = "events.outage"
+    create_topic(stack.kafka_bootstrap, topic, PARTITIONS)
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    command = [str(redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1"]
+    command += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        eventually(lambda: _pings(url), 10, "redis-server answers")
+        return server
+
+    server = start_redis()
+    observer = Recorder()
+    try:
+        with Running(consumer_for(model, url, stack, topic, "outage", observer)):
+            send(producer, topic, "before", event("before", 0, "i5").to_json())
+            eventually(lambda: observer.counts["applied"] == 1, 30, "first event applied")
+            server.terminate()
+            server.wait(timeout=10)
+            for n in range(10):
+                send(producer, topic, f"during{n % 3}", event(f"during{n % 3}", n, "i6").to_json())
+            eventually(lambda: observer.counts["redis_errors"] >= 2, 15, "retries while down")
+            assert observer.counts["applied"] == 1
+            assert not committed_everything(stack, topic, "outage")
+            server = start_redis()  # an empty Redis: the lost user comes back from new events
+            eventually(lambda: observer.counts["applied"] == 11, 30, "backlog applied")
+        assert committed_everything(stack, topic, "outage")
+        states = UserStore.from_url(url).get_many(["during0", "during1", "during2"])
+        assert sorted(len(r.history) for r in states.values()) == [3, 3, 4]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _pings(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def test_replay_produces_test_users_events_in_protocol_order(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    write_synthetic(tmp_path, n_users=60, n_items=50, seed=3)
+    topic = "events.replayed"
+    create_topic(stack.kafka_bootstrap, topic, PARTITIONS)
+    result = replay(tmp_path, stack.kafka_bootstrap, topic, users=5, rate=None, seed=0)
+    data = load_dataset(tmp_path)
+    chosen, order = replay_order(data, 0, 5)
+    assert result.users == len(chosen) == 5 and result.events == len(order)
+
+    received = dead_letters(stack, topic, result.events)  # any topic reads the same way
+    assert len(received) == result.events
+    by_user: dict[str, list[str]] = {}
+    for record in sorted(received, key=lambda r: (r.partition, r.offset)):
+        event = parse_event(record.value)
+        assert record.key == event.user_id.encode() and event.type == "rating"
+        by_user.setdefault(event.user_id, []).append(event.item_id)
+    seqs = protocol_order(data, 0)
+    test_users = set(split_users(data, 0).test.tolist())
+    for user in chosen:
+        assert int(user) in test_users
+        expected = [data.item_ids[i] for i in seqs.of(int(user))]
+        assert by_user[data.user_ids[int(user)]] == expected
