@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.adapt import inner_loop
+from trainer.adapt import ItemTables, inner_loop
 from trainer.artifact import Artifact
 from trainer.errors import ColdstartError
 from trainer.split import Support
@@ -43,7 +43,8 @@ class ServingModel:
             for values in artifact.manifest["user_features"].values()
         ]
         with torch.no_grad():
-            self.tables = model.item_tables()
+            # Detached: the serving path must never build an autograd graph.
+            self.tables = ItemTables(*(t.detach() for t in vars(model.item_tables()).values()))
             self.rule = model.rule()
             self.prior = model.initial_users(torch.zeros(1, len(self._codes), dtype=torch.long))[0]
         self._model = model
@@ -80,15 +81,12 @@ class ServingModel:
         call: (B, d). Starting from the initialisation each time (not from the stored vector)
         makes the result a function of the history alone, so replays and restarts agree."""
         width = max((len(h) for h in histories), default=0) or 1
-        items = torch.zeros(len(histories), width, dtype=torch.long)
-        mask = torch.zeros(len(histories), width)
-        ratings = torch.zeros(len(histories), width)
-        rated = torch.zeros(len(histories), width)
-        for row, history in enumerate(histories):
-            for col, event in enumerate(history):
-                items[row, col], mask[row, col] = event.item, 1.0
-                if event.rating is not None:
-                    ratings[row, col], rated[row, col] = event.rating, 1.0
+        pad = [Interaction(0, None)] * width
+        rows = [list(h) + pad[len(h) :] for h in histories]
+        items = torch.tensor([[e.item for e in row] for row in rows], dtype=torch.long)  # (B, S)
+        mask = torch.tensor([[1.0] * len(h) + [0.0] * (width - len(h)) for h in histories])
+        rated = torch.tensor([[float(e.rating is not None) for e in row] for row in rows])
+        ratings = torch.tensor([[e.rating or 0.0 for e in row] for row in rows])
         support = Support(items, mask, ratings, rated, features)
         with torch.no_grad():
             return inner_loop(self.initial(features), self.tables, support, self.rule)

@@ -174,7 +174,12 @@ def test_adapted_user_is_scored_from_the_stored_vector_without_seen_items(
     assert not set(ids(response)) & set(seen)
     assert len(response.items) == N_ITEMS - 3
     expected = model.top_k(torch.from_numpy(record.vector), 10, exclude=[0, 1, 2])
-    assert ids(response)[:10] == [item for item, _ in expected]
+    # Compared by score: items with equal scores may come in either order.
+    returned = [item.score for item in response.items[:10]]
+    np.testing.assert_allclose(returned, [score for _, score in expected], rtol=1e-5)
+    scores = model.scores(torch.from_numpy(record.vector))
+    for item in response.items[:10]:
+        assert item.score == pytest.approx(float(scores[model.item_index[item.item_id]]), rel=1e-5)
 
 
 def test_include_seen_returns_history_items_too(service: Running, model: ServingModel) -> None:
@@ -360,7 +365,7 @@ def test_no_request_sees_unknown_or_internal(
         assert error.details()
         return
     assert response.state in (recommender_pb2.COLD, recommender_pb2.ADAPTED)
-    assert 0 < len(response.items) <= k
+    assert len(response.items) <= k  # fewer when the candidates are all seen
     if candidates:
         assert set(ids(response)) <= set(candidates)
 

@@ -125,7 +125,14 @@ class MatrixFactorisation:
             if self.rating_term:
                 factors.rating_bias.fill_(float(ratings[counts > 0].mean()))
         factors.to(ctx.device)
-        optimiser = torch.optim.AdamW(factors.parameters(), lr=self.lr, weight_decay=decay)
+        # The rating offset holds the mean rating: decaying it towards 0 would bias every
+        # predicted rating by several stars.
+        decayed = [p for p in factors.parameters() if p is not factors.rating_bias]
+        optimiser = torch.optim.AdamW(
+            [{"params": decayed}, {"params": [factors.rating_bias], "weight_decay": 0.0}],
+            lr=self.lr,
+            weight_decay=decay,
+        )
         self.lattice_point = (0, 0)
         for epoch in range(1, self.epochs + 1):
             for batch in torch.randperm(len(counts), generator=gen).split(self.batch_size):
