@@ -508,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO,
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
     )
     # Handlers first: a SIGTERM while the model loads must still end in a clean exit.
     stop_requested = threading.Event()

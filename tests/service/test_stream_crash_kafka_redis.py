@@ -122,11 +122,15 @@ def start_consumer(
         return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
-def drain_and_stop(process: subprocess.Popen, watch: Watch, log: Path, joins: int) -> None:
-    """Wait until the consumer has joined (the `joins`-th join logged to this log) and every
-    event is committed, then SIGTERM: a clean exit. (A SIGTERM while Python is still
-    importing would end the process before any handler exists.)"""
-    joined = lambda: log.read_text(errors="replace").count("assigned partitions") >= joins  # noqa: E731
+def drain_and_stop(process: subprocess.Popen, watch: Watch, log: Path) -> None:
+    """Wait until this consumer has joined its group and every event is committed, then
+    SIGTERM: a clean exit. (A SIGTERM while Python is still importing would end the
+    process before any handler exists.)"""
+
+    def joined() -> bool:
+        lines = log.read_text(errors="replace").splitlines()
+        return any(f"[{process.pid}] " in line and "assigned partitions" in line for line in lines)
+
     wait_for(joined, 60, "the consumer joins its group")
     wait_for(lambda: watch.total() == EVENTS, 120, "the consumer drains the topic")
     process.send_signal(signal.SIGTERM)
@@ -137,7 +141,7 @@ def clean_run(model_dir: Path, stack: LocalStack, url: str, log: Path) -> None:
     """The reference: one consumer process, never disturbed."""
     watch = Watch(stack, "clean", url)
     try:
-        drain_and_stop(start_consumer(model_dir, stack, url, "clean", log), watch, log, 1)
+        drain_and_stop(start_consumer(model_dir, stack, url, "clean", log), watch, log)
     finally:
         watch.close()
 
@@ -168,8 +172,7 @@ def crashing_run(model_dir: Path, stack: LocalStack, url: str, log: Path) -> int
             process = start_consumer(model_dir, stack, url, "crashy", log)
             replays += kill_when(process, watch, in_window=kill % 2 == 0)
             time.sleep(7)  # the dead member's session (6 s) expires: the next joins an empty group
-        process = start_consumer(model_dir, stack, url, "crashy", log)
-        drain_and_stop(process, watch, log, KILLS + 1)
+        drain_and_stop(start_consumer(model_dir, stack, url, "crashy", log), watch, log)
     finally:
         watch.close()
     return replays
