@@ -1,0 +1,347 @@
+"""Events applied end to end (produce -> consume -> adapt -> Redis) and event-to-state freshness.
+
+Setup: a local broker and Redis (`service.localstack`), the events topic with
+PARTITIONS partitions, an ml-1m-sized model (built, not trained: see
+benchmarks/common.py; `--model DIR` for a trained one; its inner steps are
+reported), and USERS users already in Redis with HISTORY-event histories, so
+each event re-adapts a user over a full bounded history (the steady state).
+The consumer is the service's own `EventConsumer` with its `python -m
+service.stream` settings (torch threads 1, MAX_RECORDS records per poll), in its
+own process, with an observer that reports applied events after every poll and
+keeps the freshness it is told (event ts to the state's write, as the
+Prometheus histogram sees it).
+
+The bench process produces JSON events with kafka-python (acks=all, linger 5
+ms, as `coldstart replay`), keyed by user, each stamped with the time of
+producing, rating events on random items of random users:
+1. warm-up: WARMUP events, waited for (the group join is in here);
+2. throughput: EVENTS events as fast as the producer goes; events_per_s is
+   EVENTS over the time from the first send to the last applied event;
+   drain_events_per_s is the rate of applying after the last send;
+3. freshness: RATE events/s for PACED_SECONDS; p50/p99 over those events.
+
+    python benchmarks/bench_ingest.py [--events 50000] [--rate 1000] [--paced-seconds 20]
+        [--users 5000] [--model DIR]
+
+Prints one JSON object. The consumer imports the same code as this script
+("code" in the output); where the editable install points at another checkout,
+run with PYTHONPATH=.:protos from the repository root to measure this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import (
+    DEFAULT_DATA,
+    built_model,
+    child_env,
+    cpu_seconds,
+    machine,
+    percentiles_ms,
+    random_histories,
+    rss_mib,
+    seed_users,
+)
+from kafka import KafkaProducer
+
+from service.events import Event
+from service.localstack import LocalStack
+from service.model import ServingModel
+from service.store import UserStore, now_ms
+from service.stream import ConsumerConfig, EventConsumer, NoopObserver
+from service.topics import create_topic
+from trainer import artifact
+
+TOPIC = "coldstart.bench.events"
+GROUP = "coldstart-bench"
+
+
+# --- the consumer process --------------------------------------------------------------------
+
+
+class Recording(NoopObserver):
+    """Counts applied events and keeps every freshness sample, in applying order."""
+
+    def __init__(self) -> None:
+        self.applied = 0
+        self.batches = 0
+        self.adapt_s = 0.0
+        self.freshness_s: list[float] = []
+
+    def on_batch(self, size: int, seconds: float) -> None:
+        self.batches += 1
+        self.adapt_s += seconds
+
+    def on_event_applied(self, n: int) -> None:
+        self.applied += n
+
+    def on_freshness(self, seconds: float) -> None:
+        self.freshness_s.append(seconds)
+
+
+class ReportingConsumer(EventConsumer):
+    """The service's consumer, printing the applied count after every poll that applied some."""
+
+    def __init__(self, *args: Any, recording: Recording, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recording = recording
+        self._reported = 0
+
+    def step(self) -> int:
+        polled = super().step()
+        if self.recording.applied != self._reported:
+            self._reported = self.recording.applied
+            print(json.dumps({"t": time.time(), "applied": self._reported}), flush=True)
+        return polled
+
+
+def run_consumer(args: argparse.Namespace) -> None:
+    """`python -m service.stream`, plus the recording observer; dumps it to --out on SIGTERM."""
+    torch.set_num_threads(args.torch_threads)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    config = ConsumerConfig(args.kafka_bootstrap, TOPIC, GROUP, max_records=args.max_records)
+    model = ServingModel(artifact.load(args.model))
+    store = UserStore.from_url(args.redis_url)
+    recording = Recording()
+    consumer = ReportingConsumer(
+        model, store, config, recording, stopping=stopping, recording=recording
+    )
+    consumer.run()
+    summary = {
+        "applied": recording.applied,
+        "batches": recording.batches,
+        "adapt_s": recording.adapt_s,
+        "freshness_s": recording.freshness_s,
+    }
+    Path(args.consumer_out).write_text(json.dumps(summary))
+
+
+# --- the bench process -----------------------------------------------------------------------
+
+
+class Progress:
+    """The consumer's applied-event reports, read from its stdout in a thread."""
+
+    def __init__(self, process: subprocess.Popen[str], log: Path) -> None:
+        self.process, self.log = process, log
+        self.timeline: list[tuple[float, int]] = []  # (wall time, applied so far)
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            try:
+                report = json.loads(line)
+            except ValueError:
+                continue
+            with self._changed:
+                self.timeline.append((report["t"], report["applied"]))
+                self._changed.notify_all()
+
+    @property
+    def applied(self) -> int:
+        return self.timeline[-1][1] if self.timeline else 0
+
+    def wait_for(self, applied: int, timeout_s: float) -> float:
+        """Waits until `applied` events are applied; the wall time the consumer reported it."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self.applied < applied:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"{self.applied} of {applied} events applied after {timeout_s} s"
+                    )
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"the consumer exited with {self.process.returncode}; its log:\n"
+                        f"{self.log.read_text()[-3000:]}"
+                    )
+                self._changed.wait(min(left, 1.0))
+            return next(t for t, n in self.timeline if n >= applied)
+
+    def rate_after(self, since: float) -> float:
+        """Events/s applied from the first report after `since` to the last report."""
+        after = [(t, n) for t, n in self.timeline if t >= since]
+        before = [(t, n) for t, n in self.timeline if t < since]
+        if not after or not before:
+            return float("nan")
+        (t0, n0), (t1, n1) = before[-1], after[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
+
+
+class EventSource:
+    """Random rating events of the bench users, each stamped with its time of producing."""
+
+    def __init__(self, bootstrap: str, user_ids: Sequence[str], item_ids: Sequence[str]) -> None:
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        self.user_ids, self.item_ids = user_ids, item_ids
+        self.rng = random.Random(7)
+        self.sent = 0
+
+    def send(self) -> None:
+        user = self.rng.choice(self.user_ids)
+        event = Event(
+            event_id=f"bench-{self.sent}",
+            user_id=user,
+            item_id=self.rng.choice(self.item_ids),
+            type="rating",
+            value=float(self.rng.randint(1, 5)),
+            ts=now_ms(),
+        )
+        self.producer.send(TOPIC, key=user.encode(), value=event.to_json())
+        self.sent += 1
+
+    def burst(self, n: int) -> None:
+        for _ in range(n):
+            self.send()
+        self.producer.flush()
+
+    def paced(self, rate: float, seconds: float) -> None:
+        started = time.perf_counter()
+        for n in range(int(rate * seconds)):
+            delay = started + n / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            self.send()
+        self.producer.flush()
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp, LocalStack() as stack:
+        work = Path(tmp)
+        assert stack.redis_url is not None and stack.kafka_bootstrap is not None
+        model_dir = args.model or built_model(args.data, work / "model")
+        model = ServingModel(artifact.load(model_dir))
+        store = UserStore.from_url(stack.redis_url)
+        user_ids = [f"bench-user-{i}" for i in range(args.users)]
+        histories = random_histories(model.item_ids, args.users, args.history, seed=0)
+        seed_users(model, store, user_ids, histories)
+        store.close()
+        for topic in (TOPIC, f"{TOPIC}.dlq"):
+            create_topic(stack.kafka_bootstrap, topic, args.partitions)
+
+        out, log = work / "consumer.json", work / "consumer.log"
+        command = [sys.executable, __file__, "--consumer", "--model", str(model_dir)]
+        command += ["--kafka-bootstrap", stack.kafka_bootstrap, "--redis-url", stack.redis_url]
+        command += ["--max-records", str(args.max_records), "--consumer-out", str(out)]
+        command += ["--torch-threads", str(args.torch_threads)]
+        with log.open("w") as errors:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                env=child_env(),
+            )
+        source = EventSource(stack.kafka_bootstrap, user_ids, model.item_ids)
+        try:
+            progress = Progress(process, log)
+            source.burst(args.warmup)
+            progress.wait_for(args.warmup, args.timeout_s)
+
+            cpu_before, started = cpu_seconds(process.pid), time.time()
+            source.burst(args.events)
+            produced = time.time()
+            done = progress.wait_for(args.warmup + args.events, args.timeout_s)
+            consumer_cpu = cpu_seconds(process.pid) - cpu_before
+            throughput = {
+                "events": args.events,
+                "events_per_s": round(args.events / (done - started), 1),
+                "produce_s": round(produced - started, 2),
+                "drain_events_per_s": round(progress.rate_after(produced), 1),
+                "consumer_cpu_ms_per_event": round(1000 * consumer_cpu / args.events, 3),
+            }
+
+            source.paced(args.rate, args.paced_seconds)
+            paced_n = int(args.rate * args.paced_seconds)
+            progress.wait_for(args.warmup + args.events + paced_n, args.timeout_s)
+            rss = rss_mib(process.pid)
+        finally:
+            source.close()
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if not out.exists():
+            raise RuntimeError(f"the consumer left no results; its log:\n{log.read_text()[-3000:]}")
+        recorded = json.loads(out.read_text())
+    freshness = percentiles_ms(recorded["freshness_s"][-paced_n:])
+    return {
+        **throughput,
+        "freshness_rate": args.rate,
+        "freshness_events": paced_n,
+        "freshness_p50_ms": freshness["p50_ms"],
+        "freshness_p99_ms": freshness["p99_ms"],
+        "freshness_p999_ms": freshness["p999_ms"],
+        "inner_steps": model.rule.steps,
+        "items": len(model.item_ids),
+        "dim": model.dim,
+        "model": str(args.model) if args.model else "ml-1m, built (untrained)",
+        "users": args.users,
+        "history": args.history,
+        "partitions": args.partitions,
+        "max_records": args.max_records,
+        "batches": recorded["batches"],
+        "adapt_s_total": round(recorded["adapt_s"], 2),
+        "applied_total": recorded["applied"],
+        "consumer_rss_mib": rss,
+        "torch_threads": args.torch_threads,
+        "targets": {
+            "events_per_s_met": throughput["events_per_s"] >= 5000,
+            "freshness_p99_met": freshness["p99_ms"] <= 500,
+        },
+        **machine(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ml-1m directory")
+    parser.add_argument("--model", type=Path, help="a trained artifact instead of a built one")
+    parser.add_argument("--users", type=int, default=5000, help="users events are spread over")
+    parser.add_argument("--history", type=int, default=50, help="each user's stored history")
+    parser.add_argument("--partitions", type=int, default=4, help="the service's default")
+    parser.add_argument("--max-records", type=int, default=500, help="records per poll")
+    parser.add_argument("--torch-threads", type=int, default=1, help="service.stream's default")
+    parser.add_argument("--warmup", type=int, default=2000, help="events before measuring")
+    parser.add_argument("--events", type=int, default=50_000, help="throughput phase")
+    parser.add_argument("--rate", type=float, default=1000.0, help="freshness phase, events/s")
+    parser.add_argument("--paced-seconds", type=float, default=20.0)
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="per phase at most")
+    parser.add_argument("--consumer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kafka-bootstrap", help=argparse.SUPPRESS)
+    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
+    parser.add_argument("--consumer-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.consumer:
+        run_consumer(args)
+        return
+    print(json.dumps(run(args)))
+
+
+if __name__ == "__main__":
+    main()
