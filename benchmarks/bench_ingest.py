@@ -46,14 +46,12 @@ from typing import Any
 import torch
 from common import (
     DEFAULT_DATA,
-    built_model,
+    adapted_users,
     child_env,
     cpu_seconds,
     machine,
     percentiles_ms,
-    random_histories,
     rss_mib,
-    seed_users,
 )
 from kafka import KafkaProducer
 
@@ -231,12 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp, LocalStack() as stack:
         work = Path(tmp)
         assert stack.redis_url is not None and stack.kafka_bootstrap is not None
-        model_dir = args.model or built_model(args.data, work / "model")
-        model = ServingModel(artifact.load(model_dir))
-        store = UserStore.from_url(stack.redis_url)
-        user_ids = [f"bench-user-{i}" for i in range(args.users)]
-        histories = random_histories(model.item_ids, args.users, args.history, seed=0)
-        seed_users(model, store, user_ids, histories)
+        model_dir, model, store, user_ids = adapted_users(args, stack.redis_url, work)
         store.close()
         for topic in (TOPIC, f"{TOPIC}.dlq"):
             create_topic(stack.kafka_bootstrap, topic, args.partitions)

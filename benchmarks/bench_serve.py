@@ -48,23 +48,19 @@ import torch
 from coldstart.v1 import recommender_pb2, recommender_pb2_grpc
 from common import (
     DEFAULT_DATA,
-    built_model,
+    adapted_users,
     child_env,
     cpu_seconds,
     machine,
     percentiles_ms,
-    random_histories,
     rss_mib,
-    seed_users,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.app import serving_redis
 from service.localstack import LocalStack, free_port, log_tail
-from service.model import ServingModel
 from service.store import UserStore, user_key
 from service.topics import create_topic
-from trainer import artifact
 
 FLOOR_METHOD = "/coldstart.bench.Floor/Get"
 FLOOR_PREFIX = b"coldstart:floor:"
@@ -346,12 +342,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, LocalStack() as stack:
         work = Path(tmp)
         assert stack.redis_url is not None and stack.kafka_bootstrap is not None
-        model_dir = args.model or built_model(args.data, work / "model")
-        model = ServingModel(artifact.load(model_dir))
-        store = UserStore.from_url(stack.redis_url)
-        user_ids = [f"bench-user-{i}" for i in range(args.users)]
-        histories = random_histories(model.item_ids, args.users, args.history, seed=0)
-        seed_users(model, store, user_ids, histories)
+        model_dir, model, store, user_ids = adapted_users(args, stack.redis_url, work)
         size = record_bytes(store, user_ids[0])
         pipe = store.client.pipeline(transaction=False)
         for user_id in user_ids:

@@ -10,6 +10,7 @@ learned, and building takes seconds where meta-training takes minutes. Pass
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import random
@@ -80,6 +81,20 @@ def seed_users(
         written = store.put_many(records)
         if len(written) != len(records):
             raise RuntimeError(f"only {len(written)} of {len(records)} users were written")
+
+
+def adapted_users(
+    args: argparse.Namespace, redis_url: str, work: Path
+) -> tuple[Path, ServingModel, UserStore, list[str]]:
+    """The model (args.model, or one built from args.data) and args.users adapted users,
+    each with an args.history-event history, written to Redis: both benchmarks' set-up."""
+    model_dir = args.model or built_model(args.data, work / "model")
+    model = ServingModel(artifact.load(model_dir))
+    store = UserStore.from_url(redis_url)
+    user_ids = [f"bench-user-{i}" for i in range(args.users)]
+    histories = random_histories(model.item_ids, args.users, args.history, seed=0)
+    seed_users(model, store, user_ids, histories)
+    return model_dir, model, store, user_ids
 
 
 def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float]:
