@@ -20,13 +20,16 @@ import threading
 from types import FrameType, TracebackType
 from wsgiref.simple_server import WSGIServer
 
+import grpc
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from service.connections import kafka_options, redis_client
 from service.localstack import LocalStack
 from service.metrics import Metrics
 from service.model import ServingModel
+from service.reload import ModelReloader
 from service.server import (
     GrpcServer,
     Ingestor,
@@ -63,14 +66,22 @@ def quiet_kafka() -> None:
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
-def serving_redis(url: str, timeout_s: float) -> redis.Redis:
+def serving_redis(url: str, timeout_s: float, settings: Settings | None = None) -> redis.Redis:
     """A Redis client for the request path: short timeouts and one immediate retry, so a
     Redis outage turns into a DEGRADED answer within about 2 x timeout_s, not a hang."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 1),
+    return redis_client(url, timeout_s, settings, retry=Retry(NoBackoff(), 1))
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials when a certificate is configured; with a client CA, mutual TLS."""
+    if settings.grpc_tls_cert is None or settings.grpc_tls_key is None:
+        return None
+    pair = (settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())
+    client_ca = settings.grpc_tls_client_ca
+    return grpc.ssl_server_credentials(
+        [pair],
+        root_certificates=client_ca.read_bytes() if client_ca else None,
+        require_client_auth=client_ca is not None,
     )
 
 
@@ -91,6 +102,10 @@ class Service:
         self._consumer_thread: threading.Thread | None = None
         self._stores: list[UserStore] = []
         self._sink: KafkaEventSink | None = None
+        self.recommender: Recommender | None = None
+        self.ingestor: Ingestor | None = None
+        self._reloading = threading.Event()  # set to stop the model reloader
+        self._reloader_thread: threading.Thread | None = None
 
     @property
     def grpc_port(self) -> int:
@@ -136,21 +151,47 @@ class Service:
         self._start_missing_engines()
         self.metrics_server = self.metrics.serve(s.metrics_host, s.metrics_port)
         self._start_consumer()
-        serving_store = self._store(serving_redis(self.redis_url, s.redis_timeout_s))
-        self._sink = KafkaEventSink(self.kafka_bootstrap, s.topic)
-        servicer = RecommenderServicer(
-            Recommender(self.model, serving_store, self.metrics),
-            Ingestor(self.model.item_index, self._sink, self.metrics, s.max_stream_events),
-            self.metrics,
+        serving_store = self._store(serving_redis(self.redis_url, s.redis_timeout_s, s))
+        self._sink = KafkaEventSink(self.kafka_bootstrap, s.topic, client_options=kafka_options(s))
+        self.recommender = Recommender(self.model, serving_store, self.metrics)
+        self.ingestor = Ingestor(
+            self.model.item_index, self._sink, self.metrics, s.max_stream_events
         )
         self.grpc = start_server(
-            servicer,
+            RecommenderServicer(self.recommender, self.ingestor, self.metrics),
             host=s.grpc_host,
             port=s.grpc_port,
             workers=s.grpc_workers,
             max_concurrent_rpcs=s.max_concurrent_rpcs,
             max_message_bytes=s.max_message_bytes,
+            credentials=server_credentials(s),
         )
+        self._start_reloader()
+
+    def _start_reloader(self) -> None:
+        """Watch the model directory for a new version, unless model_reload_s is 0."""
+        assert self.model is not None
+        if self.settings.model_reload_s == 0:
+            return
+        reloader = ModelReloader(self.settings.model, self.model.version, self.use_model)
+        self._reloader_thread = threading.Thread(
+            target=reloader.run,
+            args=(self.settings.model_reload_s, self._reloading),
+            name="model-reloader",
+            daemon=True,
+        )
+        self._reloader_thread.start()
+
+    def use_model(self, model: ServingModel) -> None:
+        """Serve and adapt with `model` from now on: requests at once, events from the next
+        batch. Stored states of the old version are re-adapted as they are read."""
+        assert self.recommender is not None and self.ingestor is not None
+        assert self.consumer is not None
+        self.model = model
+        self.recommender.model = model
+        self.ingestor.item_index = model.item_index
+        self.consumer.use_model(model)
+        self.metrics.set_model(model.version, len(model.item_ids), model.dim)
 
     def _start_missing_engines(self) -> None:
         """Start a local broker and/or Redis for whatever endpoint the settings lack."""
@@ -180,14 +221,13 @@ class Service:
     def _start_consumer(self) -> None:
         s = self.settings
         assert self.model is not None and self.kafka_bootstrap and self.redis_url
-        client = redis.Redis.from_url(
-            self.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
-        )
+        client = redis_client(self.redis_url, 2.0, s)
         config = ConsumerConfig(
             bootstrap=self.kafka_bootstrap,
             topic=s.topic,
             group_id=s.consumer_group,
             max_records=s.poll_batch_size,
+            client_options=kafka_options(s),
         )
         self.consumer = CountingConsumer(
             self.model, self._store(client), config, self.metrics, metrics=self.metrics
@@ -206,6 +246,10 @@ class Service:
     def stop(self) -> None:
         """NOT_SERVING, drain the consumer and the in-flight RPCs, then close everything."""
         grace = self.settings.grace_s
+        self._reloading.set()
+        if self._reloader_thread is not None:
+            self._reloader_thread.join()
+            self._reloader_thread = None
         if self.grpc is not None:
             self.grpc.not_serving()
         if self.consumer is not None:

@@ -117,30 +117,33 @@ def check_user_id(user_id: str) -> None:
 
 
 class Recommender:
-    """Top-k for a user from their stored state, the prior, or (Redis down) the prior."""
+    """Top-k for a user from their stored state, the prior, or (Redis down) the prior.
+
+    `model` may be replaced while serving (service.reload); each call reads it once, so
+    one answer never mixes two models."""
 
     def __init__(self, model: ServingModel, store: StateReader, metrics: Metrics) -> None:
         self.model = model
         self.store = store
         self.metrics = metrics
-        self._no_features = torch.zeros(1, len(model.feature_names), dtype=torch.long)
 
     def recommend(self, query: RecommendQuery) -> Recommendation:
-        candidates = self._check(query)
-        codes = self.model.feature_codes(query.features)  # raises UnknownFeatureError
+        model = self.model
+        candidates = self._check(query, model)
+        codes = model.feature_codes(query.features)  # raises UnknownFeatureError
         record, state = self._read(query.user_id)
         if record is None:
-            vector = self.model.initial(codes.unsqueeze(0))[0]
-            items = self.model.top_k(vector, query.k, candidates=candidates)
+            vector = model.initial(codes.unsqueeze(0))[0]
+            items = model.top_k(vector, query.k, candidates=candidates)
             self.metrics.on_response(state)
-            return Recommendation(items, self.model.version, state)
-        interactions = record.interactions(self.model.item_index)
-        vector = self._vector(record, interactions)
+            return Recommendation(items, model.version, state)
+        interactions = record.interactions(model.item_index)
+        vector = _vector(model, record, interactions)
         seen = () if query.include_seen else sorted({i.item for i in interactions})
-        items = self.model.top_k(vector, query.k, exclude=seen, candidates=candidates)
+        items = model.top_k(vector, query.k, exclude=seen, candidates=candidates)
         self.metrics.on_response("adapted")
         return Recommendation(
-            items, self.model.version, "adapted", len(interactions), record.state_version
+            items, model.version, "adapted", len(interactions), record.state_version
         )
 
     def user_state(self, user_id: str) -> UserSummary:
@@ -157,7 +160,7 @@ class Recommender:
             record.updated_at_ms,
         )
 
-    def _check(self, query: RecommendQuery) -> list[int] | None:
+    def _check(self, query: RecommendQuery, model: ServingModel) -> list[int] | None:
         """Validates the request; the candidates' item indices, None when unrestricted."""
         check_user_id(query.user_id)
         if not 1 <= query.k <= MAX_K:
@@ -169,13 +172,13 @@ class Recommender:
                 f"candidate_item_ids has {len(query.candidates)} ids, "
                 f"more than the limit of {MAX_CANDIDATES}"
             )
-        index = self.model.item_index
+        index = model.item_index
         unknown = [item for item in query.candidates if item not in index]
         if unknown:
             shown = ", ".join(repr(item[:64]) for item in unknown[:5])
             raise InvalidRequest(
                 f"candidate_item_ids: {len(unknown)} not in the catalogue of model "
-                f"{self.model.version}: {shown}{', ...' if len(unknown) > 5 else ''}"
+                f"{model.version}: {shown}{', ...' if len(unknown) > 5 else ''}"
             )
         return [index[item] for item in query.candidates]
 
@@ -192,11 +195,13 @@ class Recommender:
             return None, "degraded"
         return record, "cold"
 
-    def _vector(self, record: UserRecord, interactions: Sequence[Any]) -> torch.Tensor:
-        """The stored vector, or (state from another model) one re-adapted from the history."""
-        if record.model_version == self.model.version and record.vector.shape == (self.model.dim,):
-            return torch.from_numpy(record.vector)
-        return self.model.adapt([interactions], self._no_features)[0]
+
+def _vector(model: ServingModel, record: UserRecord, interactions: Sequence[Any]) -> torch.Tensor:
+    """The stored vector, or (state from another model) one re-adapted from the history."""
+    if record.model_version == model.version and record.vector.shape == (model.dim,):
+        return torch.from_numpy(record.vector)
+    no_features = torch.zeros(1, len(model.feature_names), dtype=torch.long)
+    return model.adapt([interactions], no_features)[0]
 
 
 @dataclass
@@ -272,10 +277,17 @@ class KafkaEventSink:
     Recommend) while the broker is still coming up.
     """
 
-    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        timeout_s: float = 10.0,
+        client_options: Mapping[str, Any] | None = None,  # SASL, TLS: kafka_options()
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.timeout_s = timeout_s
+        self.client_options = dict(client_options or {})
         self._producer: KafkaProducer | None = None
 
     def _get(self) -> KafkaProducer:
@@ -287,6 +299,7 @@ class KafkaEventSink:
                     acks="all",
                     linger_ms=2,
                     max_block_ms=int(self.timeout_s * 1000),
+                    **self.client_options,
                 )
             except KafkaError as error:
                 raise IngestUnavailable(
@@ -460,8 +473,10 @@ def start_server(
     workers: int = 16,
     max_concurrent_rpcs: int = 256,
     max_message_bytes: int = 4 * 1024 * 1024,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> GrpcServer:
-    """Starts the Recommender with health (SERVING) and reflection; port 0 picks a free one."""
+    """Starts the Recommender with health (SERVING) and reflection; port 0 picks a free one.
+    With `credentials` the port speaks TLS only."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
@@ -475,11 +490,16 @@ def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port}")
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    logger.info("gRPC %s listening on %s:%s (health, reflection on)", SERVICE_NAME, host, bound)
+    tls = "off" if credentials is None else "on"
+    logger.info("gRPC %s on %s:%s (TLS %s; health, reflection on)", SERVICE_NAME, host, bound, tls)
     return GrpcServer(server, health_servicer, bound)

@@ -8,8 +8,11 @@ at start-up with a message naming the setting, instead of surfacing later as a
 connection error deep in a thread. A flag wins over its environment variable,
 which wins over the default.
 
-Secrets: a Redis URL may carry a password. `describe()` is what gets logged,
-and it masks the password; nothing else in the service logs the raw URL.
+Secrets: passwords (`redis_password`, `kafka_sasl_password`, or one inside the
+Redis URL) may come from a mounted file instead of the environment: any setting
+X is also read from the file named by `COLDSTART_X_FILE` (the Kubernetes and
+Docker secrets convention). `describe()` is what gets logged, and it masks every
+secret; nothing else in the service logs them, and no error message quotes one.
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ from urllib.parse import urlsplit, urlunsplit
 from trainer.errors import ColdstartError
 
 ENV_PREFIX = "COLDSTART_"
+FILE_SUFFIX = "_FILE"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SECRETS = ("redis_password", "kafka_sasl_password")
+MASK = "***"
 
 
 class SettingsError(ColdstartError):
@@ -56,19 +64,35 @@ class Settings:
     poll_batch_size: int = 500  # records per consumer poll: the adaptation micro-batch
     grace_s: float = 5.0  # on SIGTERM, time in-flight RPCs get before they are cancelled
     redis_timeout_s: float = 0.25  # Redis socket timeout: past it, Recommend answers DEGRADED
+    redis_username: str | None = None  # Redis ACL user (Redis 6+); None: the default user
+    redis_password: str | None = None  # Redis password (secret); overrides one in the URL
+    redis_tls_ca: Path | None = None  # CA bundle that signed the Redis server's certificate
+    redis_cluster: bool = False  # the URL is one node of a Redis Cluster
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    kafka_sasl_mechanism: str = "PLAIN"  # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+    kafka_sasl_username: str | None = None  # SASL user, required with SASL_*
+    kafka_sasl_password: str | None = None  # SASL password (secret), required with SASL_*
+    kafka_ssl_cafile: Path | None = None  # CA bundle that signed the brokers' certificates
+    grpc_tls_cert: Path | None = None  # PEM server certificate (chain); with the key: TLS on
+    grpc_tls_key: Path | None = None  # PEM private key of grpc_tls_cert
+    grpc_tls_client_ca: Path | None = None  # PEM CA: clients must present a cert it signed
+    model_reload_s: float = 30.0  # how often to look for a new model in --model; 0: never
 
     def describe(self) -> dict[str, Any]:
         """The settings as they may be logged: a Redis password is masked."""
         values = dataclasses.asdict(self)
-        values["model"] = str(self.model)
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
         values["redis_url"] = redact_url(self.redis_url)
+        for name in SECRETS:
+            if values[name] is not None:
+                values[name] = MASK
         return values
 
 
 @dataclass(frozen=True)
 class _Spec:
     name: str  # the field name
-    kind: type  # int, float, str or Path
+    kind: type  # bool, int, float, str or Path
     help: str = field(default="")
 
     @property
@@ -86,7 +110,8 @@ class _Spec:
 
 def _kind(annotation: str) -> type:
     """The parsing type of a field annotation (the module uses postponed annotations)."""
-    for name, kind in (("Path", Path), ("int", int), ("float", float), ("str", str)):
+    kinds = (("Path", Path), ("bool", bool), ("int", int), ("float", float), ("str", str))
+    for name, kind in kinds:
         if annotation.startswith(name):
             return kind
     raise TypeError(f"no parser for settings type {annotation!r}")
@@ -122,10 +147,11 @@ def resolve(
     values: dict[str, Any] = {}
     problems: list[str] = []
     for spec in SPECS:
-        raw = given.get(spec.name)
-        source = spec.flag
-        if raw is None and env.get(spec.env, "") != "":
-            raw, source = env[spec.env], spec.env
+        try:
+            raw, source = _raw_value(spec, given, env)
+        except ValueError as error:
+            problems.append(f"{spec.label}: {error}")
+            continue
         if raw is None:
             continue
         try:
@@ -143,6 +169,23 @@ def resolve(
     return settings
 
 
+def _raw_value(spec: _Spec, given: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Any, str]:
+    """The setting's raw value and where it came from: the flag, the variable, or the file
+    the `_FILE` variable names. Raises ValueError (never quoting a file's content)."""
+    if given.get(spec.name) is not None:
+        return given[spec.name], spec.flag
+    if env.get(spec.env, "") != "":
+        return env[spec.env], spec.env
+    file_variable = spec.env + FILE_SUFFIX
+    path = env.get(file_variable, "")
+    if path == "":
+        return None, ""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip(), file_variable
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read {path} (from {file_variable}): {error}") from None
+
+
 def _report(problems: list[str]) -> str:
     return "invalid settings:\n  " + "\n  ".join(problems)
 
@@ -151,6 +194,10 @@ def _convert(spec: _Spec, raw: Any) -> Any:
     if isinstance(raw, spec.kind):
         return raw
     text = str(raw).strip()
+    if spec.kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{text!r} is not one of true, false")
+        return text.lower() in ("true", "1", "yes")
     if spec.kind is int:
         try:
             return int(text)
@@ -200,7 +247,47 @@ def validate(settings: Settings) -> list[str]:
             problems.append(
                 (name, f"{getattr(settings, name)} must be a positive number of seconds")
             )
+    if settings.model_reload_s < 0:
+        problems.append(("model_reload_s", f"{settings.model_reload_s} is negative"))
+    problems += _security_problems(settings)
     return [f"{by_name[name].label}: {why}" for name, why in problems]
+
+
+def _security_problems(s: Settings) -> list[tuple[str, str]]:
+    """TLS files that are not there, half-given credentials, unknown protocols."""
+    problems: list[tuple[str, str]] = []
+    files = (
+        "redis_tls_ca",
+        "kafka_ssl_cafile",
+        "grpc_tls_cert",
+        "grpc_tls_key",
+        "grpc_tls_client_ca",
+    )
+    for name in files:
+        path = getattr(s, name)
+        if path is not None and not path.is_file():
+            problems.append((name, f"{path} is not a file"))
+    if (s.grpc_tls_cert is None) != (s.grpc_tls_key is None):
+        problems.append(("grpc_tls_key", "give both the gRPC TLS certificate and its key"))
+    if s.grpc_tls_client_ca is not None and s.grpc_tls_cert is None:
+        problems.append(("grpc_tls_client_ca", "mutual TLS needs --grpc-tls-cert and -key"))
+    if s.redis_tls_ca is not None and not (s.redis_url or "").startswith("rediss://"):
+        problems.append(("redis_tls_ca", "a Redis CA needs a rediss:// URL"))
+    if s.kafka_security_protocol not in KAFKA_PROTOCOLS:
+        choices = ", ".join(KAFKA_PROTOCOLS)
+        problems.append(
+            ("kafka_security_protocol", f"{s.kafka_security_protocol!r}: not {choices}")
+        )
+    if s.kafka_sasl_mechanism not in SASL_MECHANISMS:
+        choices = ", ".join(SASL_MECHANISMS)
+        problems.append(("kafka_sasl_mechanism", f"{s.kafka_sasl_mechanism!r}: not {choices}"))
+    sasl = s.kafka_security_protocol.startswith("SASL_")
+    for name in ("kafka_sasl_username", "kafka_sasl_password"):
+        if sasl and not getattr(s, name):
+            problems.append((name, f"required with {s.kafka_security_protocol}"))
+    if s.kafka_ssl_cafile is not None and not s.kafka_security_protocol.endswith("SSL"):
+        problems.append(("kafka_ssl_cafile", "a Kafka CA needs SSL or SASL_SSL"))
+    return problems
 
 
 def _model_problems(model: Path) -> list[tuple[str, str]]:

@@ -30,8 +30,8 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import redis
 import torch
@@ -263,6 +263,8 @@ class ConsumerConfig:
     max_backoff_s: float = 5.0  # longest wait between retries
     dlq_max_request_bytes: int = 4 * 2**20  # producer limit: whole original records fit
     client_id: str = "coldstart-consumer"
+    # Security options for every client (service.connections.kafka_options): SASL, TLS.
+    client_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dlq_topic(self) -> str:
@@ -301,6 +303,7 @@ class EventConsumer:
         self._producer: KafkaProducer | None = None
         self._applied: dict[TopicPartition, int] = {}  # next offsets applied, not yet committed
         self._dead_lettered: set[tuple[int, int]] = set()  # (partition, offset) sent this batch
+        self._next_model: ServingModel | None = None  # use_model's, swapped in between batches
 
     def run(self) -> None:
         """Consume until stop(); the batch in flight when stop() comes is finished and committed."""
@@ -327,6 +330,7 @@ class EventConsumer:
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=cfg.session_timeout_ms // 3,
             max_poll_records=cfg.max_records,
+            **cfg.client_options,
         )
         self._consumer.subscribe([cfg.topic], listener=_Rebalance(self))
         self._producer = KafkaProducer(
@@ -334,6 +338,7 @@ class EventConsumer:
             client_id=f"{cfg.client_id}-dlq",
             acks="all",
             max_request_size=cfg.dlq_max_request_bytes,
+            **cfg.client_options,
         )
         logger.info("consuming %s at %s as group %s", cfg.topic, cfg.bootstrap, cfg.group_id)
 
@@ -345,8 +350,15 @@ class EventConsumer:
         self._consumer = self._producer = None
         logger.info("consumer closed")
 
+    def use_model(self, model: ServingModel) -> None:
+        """Apply the next batches with `model` (thread-safe: the swap happens between batches)."""
+        self._next_model = model
+
     def step(self) -> int:
         """Poll one micro-batch and apply it; returns the number of records polled."""
+        model = self._next_model
+        if model is not None and model is not self.applier.model:
+            self.applier.model, self.item_index = model, model.item_index
         records = self._poll()
         if records:
             self.process(records)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -103,9 +104,26 @@ def save(model: ColdStartModel, data: Dataset, out: Path, extra: dict) -> dict:
     manifest["model_version"] = hashlib.sha256(
         json.dumps(identity, sort_keys=True).encode()
     ).hexdigest()[:16]
-    (out / WEIGHTS).write_bytes(weights)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    # Weights first, manifest last, each replaced atomically: a service polling this directory
+    # sees the old artifact, or a new manifest whose hash the weights match, never a torn file.
+    _replace(out / WEIGHTS, weights)
+    _replace(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
+
+
+def _replace(path: Path, content: bytes) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(content)
+    os.replace(partial, path)
+
+
+def version_of(model_dir: str | Path) -> str:
+    """The model version the directory holds now, from its manifest alone (a cheap poll)."""
+    path = Path(model_dir) / MANIFEST
+    version = _read_manifest(path).get("model_version")
+    if not isinstance(version, str):
+        raise ArtifactError(f"{path}: no model_version")
+    return version
 
 
 def _read_manifest(path: Path) -> dict:
