@@ -17,6 +17,7 @@ methods), so the stream module never imports prometheus_client.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Mapping
@@ -214,6 +215,11 @@ class Metrics:
 
     def on_lag(self, partition: int, lag: int) -> None:
         self.consumer_lag.labels(str(partition)).set(lag)
+
+    def on_revoked(self, partition: int) -> None:
+        """A stale lag would show on the dashboard beside the new owner's live one."""
+        with contextlib.suppress(KeyError):
+            self.consumer_lag.remove(str(partition))
 
     def on_hit(self, hit: bool) -> None:
         self.hit_checks.inc()

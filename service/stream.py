@@ -71,6 +71,9 @@ class StreamObserver(Protocol):
     def on_lag(self, partition: int, lag: int) -> None:
         """Records in `partition` not yet applied (high watermark minus position)."""
 
+    def on_revoked(self, partition: int) -> None:
+        """`partition` moved to another consumer: its lag is no longer this one's to report."""
+
     def on_hit(self, hit: bool) -> None:
         """Whether an event's item was in its user's current top-k before it was applied."""
 
@@ -94,6 +97,9 @@ class NoopObserver:
         pass
 
     def on_lag(self, partition: int, lag: int) -> None:
+        pass
+
+    def on_revoked(self, partition: int) -> None:
         pass
 
     def on_hit(self, hit: bool) -> None:
@@ -277,6 +283,8 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.owner.commit_applied(revoked)
+        for tp in revoked:
+            self.owner.observer.on_revoked(tp.partition)
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         logger.info("assigned partitions %s", sorted(tp.partition for tp in assigned))

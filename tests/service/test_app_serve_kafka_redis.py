@@ -16,29 +16,18 @@ from pathlib import Path
 
 import grpc
 import pytest
-import torch
 from coldstart.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tiny_model import write_tiny_model
 
 from service.localstack import free_port
-from trainer import artifact
-from trainer.data import load_dataset
-from trainer.episodes import make_context
-from trainer.model import ModelConfig
-from trainer.synth import write_synthetic
-from trainer.train import build_model
 
 COLDSTART = [sys.executable, "-c", "from service.cli import main; raise SystemExit(main())"]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serve")
-    write_synthetic(root / "data", n_users=60, n_items=40, seed=0)
-    data = load_dataset(root / "data")
-    ctx = make_context(data, 0, [0, 1, 3], torch.device("cpu"))
-    artifact.save(build_model(ctx, ModelConfig(dim=8)), data, root / "model", {"seed": 0})
-    return root / "model"
+    return write_tiny_model(tmp_path_factory.mktemp("serve"))
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> float:

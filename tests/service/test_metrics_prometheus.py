@@ -128,8 +128,18 @@ def test_metrics_implements_the_stream_observer() -> None:
     observer: StreamObserver = Metrics()
     for method in ("on_batch", "on_event_applied", "on_dead_letter", "on_freshness"):
         assert callable(getattr(observer, method))
-    for method in ("on_redis_error", "on_lag", "on_hit"):
+    for method in ("on_redis_error", "on_lag", "on_revoked", "on_hit"):
         assert callable(getattr(observer, method))
+
+
+def test_a_revoked_partition_stops_reporting_its_lag() -> None:
+    metrics = Metrics()
+    metrics.on_lag(0, 5)
+    metrics.on_lag(1, 7)
+    metrics.on_revoked(1)
+    metrics.on_revoked(3)  # never reported: nothing to remove, no error
+    lags = {k: v for k, v in metrics.values().items() if "consumer_lag" in k}
+    assert lags == {'coldstart_consumer_lag_records{partition="0"}': 5}
 
 
 def test_http_endpoint_serves_the_registry() -> None:

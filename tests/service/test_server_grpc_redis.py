@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
+from tiny_model import write_tiny_model
 
 from service.app import serving_redis
 from service.localstack import LocalStack
@@ -46,11 +48,6 @@ from service.server import (
 from service.store import HistoryEntry, UserRecord, UserStore
 from service.topics import create_topic
 from trainer import artifact
-from trainer.data import load_dataset
-from trainer.episodes import make_context
-from trainer.model import ModelConfig
-from trainer.synth import write_synthetic
-from trainer.train import build_model
 
 TOPIC = "coldstart.events.servertest"
 N_ITEMS = 40
@@ -59,13 +56,8 @@ Code = grpc.StatusCode
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> ServingModel:
-    root = tmp_path_factory.mktemp("server")
-    write_synthetic(root / "data", n_users=60, n_items=N_ITEMS, seed=0)
-    data = load_dataset(root / "data")
-    ctx = make_context(data, 0, [0, 1, 3], torch.device("cpu"))
-    torch.manual_seed(0)
-    artifact.save(build_model(ctx, ModelConfig(dim=8)), data, root / "model", {"seed": 0})
-    return ServingModel(artifact.load(root / "model"))
+    model_dir = write_tiny_model(tmp_path_factory.mktemp("server"), items=N_ITEMS)
+    return ServingModel(artifact.load(model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +78,9 @@ class Running:
 
 @contextmanager
 def running(
-    model: ServingModel, stack: LocalStack, redis_url: str, max_events: int = 1000
+    model: ServingModel, stack: LocalStack, redis_url: str, max_events: int = 1000, **limits: int
 ) -> Iterator[Running]:
+    """A started server; `limits` are start_server's max_concurrent_rpcs, max_message_bytes."""
     metrics = Metrics()
     store = UserStore(serving_redis(redis_url, timeout_s=0.25))
     sink = KafkaEventSink(stack.kafka_bootstrap, TOPIC)
@@ -96,7 +89,7 @@ def running(
         Ingestor(model.item_index, sink, metrics, max_events),
         metrics,
     )
-    server = start_server(servicer, host="127.0.0.1", port=0, workers=4)
+    server = start_server(servicer, host="127.0.0.1", port=0, workers=4, **limits)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     try:
         yield Running(
@@ -311,6 +304,40 @@ def test_record_events_caps_a_stream(service: Running) -> None:
         service.stub.RecordEvents(iter([event(n) for n in range(8)]), timeout=15)
     assert raised.value.code() == Code.RESOURCE_EXHAUSTED
     assert "may carry 5 events; the first 5 were processed (5 accepted" in raised.value.details()
+
+
+def test_rpcs_beyond_the_concurrency_limit_are_refused_at_once(
+    model: ServingModel, stack: LocalStack
+) -> None:
+    release = threading.Event()
+
+    def held_open() -> Iterator[event_pb2.Event]:
+        release.wait(15)  # the stream stays open, holding the only RPC slot, until released
+        yield event(0)
+
+    with running(model, stack, stack.redis_url, max_concurrent_rpcs=1) as started:
+        held = started.stub.RecordEvents.future(held_open(), timeout=20)
+        deadline = time.monotonic() + 10
+        code = Code.OK
+        while code is not Code.RESOURCE_EXHAUSTED and time.monotonic() < deadline:
+            try:
+                recommend(started, user_id="waiting", k=3)
+            except grpc.RpcError as refused:
+                code = refused.code()
+        release.set()
+        assert code is Code.RESOURCE_EXHAUSTED
+        assert held.result().accepted == 1  # the RPC holding the slot was not disturbed
+        assert recommend(started, user_id="after", k=3).state == recommender_pb2.COLD
+
+
+def test_a_message_over_the_size_limit_is_resource_exhausted(
+    model: ServingModel, stack: LocalStack
+) -> None:
+    with running(model, stack, stack.redis_url, max_message_bytes=1024) as started:
+        assert recommend(started, user_id="small", k=3).state == recommender_pb2.COLD
+        with pytest.raises(grpc.RpcError) as refused:
+            recommend(started, user_id="big", k=3, candidate_item_ids=["i1"] * 1000)
+    assert refused.value.code() == Code.RESOURCE_EXHAUSTED
 
 
 def test_health_answers_serving(service: Running) -> None:

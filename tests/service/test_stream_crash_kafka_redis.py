@@ -22,19 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from tiny_model import write_tiny_model
 
 from service.events import Event
 from service.localstack import LocalStack
 from service.store import UserStore, now_ms
 from service.topics import create_topic
 from trainer import artifact
-from trainer.data import load_dataset
-from trainer.episodes import make_context
-from trainer.model import ModelConfig
-from trainer.synth import write_synthetic
-from trainer.train import build_model
 
 TOPIC = "events.crash"
 PARTITIONS = 2
@@ -53,13 +48,7 @@ def stack() -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("model")
-    write_synthetic(root / "data", n_users=200, n_items=300, seed=1)
-    data = load_dataset(root / "data")
-    torch.manual_seed(0)
-    ctx = make_context(data, 0, [0, 1, 3], torch.device("cpu"))
-    artifact.save(build_model(ctx, ModelConfig(dim=16)), data, root / "model", {"seed": 0})
-    return root / "model"
+    return write_tiny_model(tmp_path_factory.mktemp("model"), users=200, items=300, dim=16, seed=1)
 
 
 def produce(bootstrap: str, item_ids: list[str]) -> None:

@@ -20,21 +20,19 @@ import pytest
 import redis
 import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from tiny_model import write_tiny_model
 
 from service.events import Event, parse_event
 from service.localstack import LocalStack, free_port, redis_server_binary
 from service.model import ServingModel
 from service.replay import replay, replay_order
 from service.store import HistoryEntry, UserRecord, UserStore, now_ms
-from service.stream import ConsumerConfig, EventConsumer, NoopObserver
+from service.stream import ConsumerConfig, EventApplier, EventConsumer, NoopObserver, SourcedEvent
 from service.topics import create_topic
 from trainer import artifact
 from trainer.data import load_dataset
-from trainer.episodes import make_context
-from trainer.model import ModelConfig
 from trainer.split import protocol_order, split_users
 from trainer.synth import write_synthetic
-from trainer.train import build_model
 
 PARTITIONS = 2
 ONE_MB = 1_000_000
@@ -68,15 +66,8 @@ def stack() -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> ServingModel:
-    root = tmp_path_factory.mktemp("model")
-    write_synthetic(root / "data", n_users=200, n_items=100, seed=0)
-    data = load_dataset(root / "data")
-    torch.manual_seed(0)
-    untrained = build_model(
-        make_context(data, 0, [0, 1, 3], torch.device("cpu")), ModelConfig(dim=16)
-    )
-    artifact.save(untrained, data, root / "model", {"seed": 0})
-    return ServingModel(artifact.load(root / "model"))
+    model_dir = write_tiny_model(tmp_path_factory.mktemp("model"), users=200, items=100, dim=16)
+    return ServingModel(artifact.load(model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +298,21 @@ def test_replay_produces_test_users_events_in_protocol_order(
         assert int(user) in test_users
         expected = [data.item_ids[i] for i in seqs.of(int(user))]
         assert by_user[data.user_ids[int(user)]] == expected
+
+
+def test_history_is_bounded_to_the_newest_events(model: ServingModel, stack: LocalStack) -> None:
+    store = UserStore.from_url(stack.redis_url, history_limit=5)
+    applier = EventApplier(model, store)
+    items = model.item_ids[:12]
+    batches = [items[:7], items[7:]]
+    offset = 0
+    for batch in batches:
+        sourced = []
+        for item in batch:
+            sourced.append(SourcedEvent(0, offset, event("bounded-user", offset, item)))
+            offset += 1
+        assert applier.apply(sourced) == len(batch)
+    record = store.get("bounded-user")
+    store.close()
+    assert [entry.item_id for entry in record.history] == items[-5:]
+    assert_adapted_from_history(model, record)
