@@ -22,6 +22,7 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 import redis
+import torch
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -280,6 +281,9 @@ class Service:
 def serve(settings: Settings) -> int:
     """Run the service until SIGTERM or SIGINT; 0 on a clean stop, 1 if the consumer died."""
     quiet_kafka()
+    # Adaptation batches and top-k products are small: more intra-op threads than one only
+    # contend with the gRPC threads and other replicas. Scale out with replicas instead.
+    torch.set_num_threads(1)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -1,0 +1,194 @@
+"""Integration, scale-out: two `coldstart serve` processes in one consumer group over a topic
+of 4 partitions, against a real tansu broker and a real redis-server.
+
+Both take partitions and apply events (each process's own metrics say so). Mid-stream one
+is SIGKILLed; the other takes over its partitions and finishes the topic. Every event is
+then applied exactly once: each user's stored history is exactly the sequence of events
+produced for them (nothing lost, nothing twice), its watermark is the user's last offset,
+and its vector is the one adaptation gives for that history.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from tiny_model import write_tiny_model
+
+from service.events import Event
+from service.localstack import LocalStack
+from service.model import ServingModel
+from service.store import UserStore, now_ms
+from service.topics import create_topic
+from trainer import artifact
+
+TOPIC = "events.scale"
+GROUP = "scale"
+PARTITIONS = 4
+USERS = 120
+EVENTS_PER_USER = 30  # below the history bound (50): the whole sequence stays checkable
+EVENTS = USERS * EVENTS_PER_USER
+COLDSTART = [sys.executable, "-c", "from service.cli import main; raise SystemExit(main())"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    with LocalStack(kafka=True, redis=True) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("scale"), users=200, items=100, dim=16)
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(0.2)
+
+
+class Replica:
+    """One `coldstart serve` process, its log, and what the log says about it."""
+
+    def __init__(self, model_dir: Path, stack: LocalStack, log: Path) -> None:
+        self.log = log
+        command = [*COLDSTART, "serve", "--model", str(model_dir), "--topic", TOPIC]
+        command += ["--kafka-bootstrap", stack.kafka_bootstrap, "--redis-url", stack.redis_url]
+        command += ["--consumer-group", GROUP, "--grpc-port", "0", "--metrics-port", "0"]
+        command += ["--poll-batch-size", "100", "--model-reload-s", "0"]
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def partitions(self) -> set[int]:
+        """The partitions of its latest assignment (empty before it joined)."""
+        found = re.findall(r"assigned partitions \[([0-9, ]*)\]", self.text())
+        return {int(p) for p in found[-1].split(",") if p.strip()} if found else set()
+
+    def applied(self) -> float:
+        """Events this process applied, from its own Prometheus endpoint."""
+        port = re.search(r"metrics on http://[^:]+:(\d+)/metrics", self.text())
+        if port is None:
+            return 0.0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port[1]}/metrics", timeout=5) as page:
+            scrape = page.read().decode()
+        value = re.search(r"^coldstart_events_applied_total (\S+)$", scrape, re.MULTILINE)
+        return float(value[1]) if value else 0.0
+
+
+def events_by_user(item_ids: list[str]) -> list[Event]:
+    rng = random.Random(0)
+    events = []
+    for n in range(EVENTS):
+        user = f"s{rng.randrange(USERS)}" if n >= USERS else f"s{n}"  # every user has one
+        rated = rng.random() < 0.5
+        kind, value = ("rating", float(rng.randint(1, 5))) if rated else ("click", 1.0)
+        events.append(Event(f"e{n}", user, rng.choice(item_ids), kind, value, now_ms()))
+    return events
+
+
+def produce(bootstrap: str, events: list[Event], per_s: float) -> dict[str, tuple[int, int]]:
+    """Sends `events` at about `per_s`; returns each user's (partition, last offset)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    futures = []
+    started = time.monotonic()
+    try:
+        for n, event in enumerate(events):
+            futures.append(
+                (
+                    event.user_id,
+                    producer.send(TOPIC, key=event.user_id.encode(), value=event.to_json()),
+                )
+            )
+            time.sleep(max(0.0, started + n / per_s - time.monotonic()))
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    last: dict[str, tuple[int, int]] = {}
+    for user, future in futures:
+        metadata = future.get(timeout=10)
+        last[user] = (metadata.partition, metadata.offset)
+    return last
+
+
+def committed(bootstrap: str) -> int:
+    probe = KafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP)
+    try:
+        return sum(probe.committed(TopicPartition(TOPIC, p)) or 0 for p in range(PARTITIONS))
+    finally:
+        probe.close()
+
+
+def test_two_replicas_share_the_partitions_and_a_killed_ones_are_taken_over(
+    stack: LocalStack, model_dir: Path, tmp_path: Path
+) -> None:
+    create_topic(stack.kafka_bootstrap, TOPIC, PARTITIONS)
+    model = ServingModel(artifact.load(model_dir))
+    events = events_by_user(model.item_ids)
+    first, second = events[: EVENTS // 2], events[EVENTS // 2 :]
+    replicas = [Replica(model_dir, stack, tmp_path / f"replica-{n}.log") for n in (0, 1)]
+    try:
+        victim, survivor = replicas
+
+        def shared() -> bool:
+            owned = [r.partitions() for r in replicas]
+            return all(owned) and owned[0].isdisjoint(owned[1]) and len(owned[0] | owned[1]) == 4
+
+        wait_for(shared, 120, "both replicas own partitions")
+        last = produce(stack.kafka_bootstrap, first, per_s=2000)
+        wait_for(lambda: all(r.applied() > 0 for r in replicas), 60, "both replicas apply events")
+
+        # Mid-stream: the rest arrives while the victim is killed.
+        late: dict[str, tuple[int, int]] = {}
+        sending = threading.Thread(
+            target=lambda: late.update(produce(stack.kafka_bootstrap, second, per_s=600))
+        )
+        sending.start()
+        time.sleep(1.0)
+        os.kill(victim.process.pid, signal.SIGKILL)
+        victim.process.wait()
+        sending.join(timeout=60)
+        last.update(late)
+        wait_for(lambda: survivor.partitions() == set(range(PARTITIONS)), 120, "takeover")
+        wait_for(lambda: committed(stack.kafka_bootstrap) == EVENTS, 120, "the topic drained")
+        survivor.process.send_signal(signal.SIGTERM)
+        assert survivor.process.wait(timeout=30) == 0, survivor.text()[-3000:]
+    finally:
+        for replica in replicas:
+            if replica.process.poll() is None:
+                replica.process.kill()
+                replica.process.wait()
+
+    store = UserStore.from_url(stack.redis_url)
+    stored = store.get_many(f"s{n}" for n in range(USERS))
+    store.close()
+    assert len(stored) == USERS
+    for user, record in stored.items():
+        produced = [(e.item_id, e.rating) for e in events if e.user_id == user]
+        assert [(h.item_id, h.rating) for h in record.history] == produced, user
+        partition, offset = last[user]
+        assert dict(record.watermarks) == {partition: offset}, user
+    histories = [record.interactions(model.item_index) for record in stored.values()]
+    features = torch.zeros(len(histories), len(model.feature_names), dtype=torch.long)
+    expected = model.adapt(histories, features).numpy()
+    actual = np.stack([record.vector for record in stored.values()])
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
