@@ -3,7 +3,8 @@
 Why this shape (DESIGN.md, User state in Redis):
 - One hash per user at `coldstart:user:{<user_id>}`. The braces are a Redis
   Cluster hash tag, and every script call touches that one key, so the store
-  works unchanged on a cluster.
+  works unchanged on a cluster (`--redis-cluster`): a pipeline of many users is
+  split by the client into one pipeline per node.
 - The record holds what serving and re-adaptation need and no more: the
   adapted vector (float32 bytes), the bounded recent history as raw item ids
   with their rating (so a new model, whose item indices differ, can re-adapt
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
 
 from service.model import Interaction
 from trainer.errors import ColdstartError
@@ -213,6 +215,9 @@ class UserStore:
         self.history_limit = history_limit  # entries kept per user, newest last
         self.ttl_s = ttl_s  # expire a user this long after its last write; None: never
         self._cas = client.register_script(_CAS_SCRIPT)
+        # redis-py's cluster pipeline refuses EVALSHA (a script may be missing on a node) but
+        # routes EVAL by its one key: on a cluster the script text travels with each call.
+        self._cluster = isinstance(client, RedisCluster)
 
     @classmethod
     def from_url(cls, url: str, **options: object) -> UserStore:
@@ -253,7 +258,11 @@ class UserStore:
             fields = encode_record(record)
             args = [str(record.state_version), ttl]
             args += [part for pair in fields.items() for part in pair]
-            self._cas(keys=[user_key(record.user_id)], args=args, client=pipe)
+            key = user_key(record.user_id)
+            if self._cluster:
+                pipe.execute_command("EVAL", _CAS_SCRIPT, 1, key, *args)
+            else:
+                self._cas(keys=[key], args=args, client=pipe)
         replies = pipe.execute()
         applied = {r.user_id for r, reply in zip(records, replies, strict=True) if reply == 1}
         if len(applied) < len(records):

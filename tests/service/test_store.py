@@ -2,18 +2,23 @@
 
 The write path is a Lua script, which only a real Redis runs faithfully, so the
 store tests start the local stack's redis-server (a static binary, ~50 ms to
-start); no broker is involved.
+start), and three of them as a Redis Cluster; no broker is involved.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
 
-from service.localstack import LocalStack
+from service.connections import redis_client
+from service.localstack import LocalStack, free_port, redis_server_binary
+from service.settings import Settings
 from service.store import (
     CHUNK,
     HistoryEntry,
@@ -181,3 +186,59 @@ def test_redis_errors_propagate(redis_url: str) -> None:
     store = UserStore.from_url("redis://127.0.0.1:1/0")
     with pytest.raises(redis.ConnectionError):
         store.get_many(["u1"])
+
+
+# Against a real three-node Redis Cluster
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Three redis-server nodes in cluster mode, the 16384 slots split between them."""
+    ports = [free_port() for _ in range(3)]
+    processes = []
+    for port in ports:
+        work = tmp_path_factory.mktemp(f"cluster-{port}")
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(work)]
+        processes.append(subprocess.Popen([str(redis_server_binary()), *args]))
+    try:
+        nodes = [redis.Redis(port=port) for port in ports]
+        wait_until(lambda: all(_answers(node) for node in nodes))
+        for n, node in enumerate(nodes):
+            node.execute_command("CLUSTER ADDSLOTS", *range(n * 16384 // 3, (n + 1) * 16384 // 3))
+            node.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
+        wait_until(lambda: all(node.cluster("info")["cluster_state"] == "ok" for node in nodes))
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def _answers(node: redis.Redis) -> bool:
+    try:
+        return bool(node.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "the Redis Cluster did not come up"
+        time.sleep(0.05)
+
+
+def test_the_store_works_unchanged_on_a_redis_cluster(cluster_url: str) -> None:
+    client = redis_client(cluster_url, 2.0, Settings(model=Path("."), redis_cluster=True))
+    store = UserStore(client)
+    users = [f"c{n}" for n in range(60)]
+    assert store.put_many([record(user) for user in users]) == set(users)
+    assert store.put_many([record("c1", version=1), record("c2", version=2)]) == {"c2"}
+    stored = store.get_many(users)
+    assert set(stored) == set(users)
+    assert_same(stored["c2"], record("c2", version=2))
+    assert_same(store.get("c3"), record("c3"))
+    per_node = [node.redis_connection.dbsize() for node in client.get_primaries()]
+    assert len(per_node) == 3 and all(per_node), per_node  # users spread over every node
+    store.close()
