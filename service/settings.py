@@ -356,3 +356,49 @@ def redact_url(url: str | None) -> str | None:
     except ValueError:
         return "<unparsable URL>"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def markdown_reference() -> str:
+    """The configuration reference as a Markdown table: every setting, its flag, its
+    environment variable, its default and what it does (README.md carries it).
+
+    The descriptions are the `# comment` after each field of `Settings`, read from its
+    source, so the class stays the one place a setting is explained.
+    """
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    source = textwrap.dedent(inspect.getsource(Settings))
+    comments = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    (cls,) = ast.parse(source).body
+    assert isinstance(cls, ast.ClassDef)
+    described = {
+        node.target.id: comments.get(node.end_lineno or node.lineno, "")
+        for node in cls.body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+    rows = [
+        "| setting | flag | environment variable | default | what it does |",
+        "|---|---|---|---|---|",
+    ]
+    for f, spec in zip(dataclasses.fields(Settings), SPECS, strict=True):
+        if not described.get(f.name):
+            raise ValueError(f"Settings.{f.name} has no `# comment` to describe it")
+        if f.default is dataclasses.MISSING:
+            default = "required"
+        elif f.default is None:
+            default = "unset"
+        elif isinstance(f.default, bool):
+            default = f"`{str(f.default).lower()}`"
+        else:
+            default = f"`{f.default}`"
+        text = described[f.name].replace("|", "\\|")
+        rows.append(f"| `{f.name}` | `{spec.flag}` | `{spec.env}` | {default} | {text} |")
+    return "\n".join(rows) + "\n"
