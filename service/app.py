@@ -249,7 +249,7 @@ class Service:
         grace = self.settings.grace_s
         self._reloading.set()
         if self._reloader_thread is not None:
-            self._reloader_thread.join()
+            self._reloader_thread.join(timeout=grace)
             self._reloader_thread = None
         if self.grpc is not None:
             self.grpc.not_serving()

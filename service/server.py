@@ -299,6 +299,7 @@ class KafkaEventSink:
                     acks="all",
                     linger_ms=2,
                     max_block_ms=int(self.timeout_s * 1000),
+                    bootstrap_timeout_ms=int(self.timeout_s * 1000),  # default 30 s
                     **self.client_options,
                 )
             except KafkaError as error:
@@ -314,20 +315,31 @@ class KafkaEventSink:
             raise IngestUnavailable(f"cannot produce to {self.topic}: {error}") from None
 
         def check() -> None:
-            try:
-                future.get(timeout=self.timeout_s)
-            except KafkaError as error:
-                raise IngestUnavailable(str(error)) from None
+            if not future.is_done:
+                raise IngestUnavailable(f"Kafka did not confirm it within {self.timeout_s:g} s")
+            if future.failed():
+                raise IngestUnavailable(str(future.exception))
 
         return check
 
     def flush(self) -> None:
-        if self._producer is not None:
+        """Waits up to timeout_s for the queued events; each one's check then says whether
+        the broker confirmed it, so a broker outage rejects events instead of failing the call."""
+        if self._producer is None:
+            return
+        try:
             self._producer.flush(timeout=self.timeout_s)
+        except KafkaError as error:
+            logger.warning("Kafka did not confirm every event: %s", error)
 
     def close(self) -> None:
-        if self._producer is not None:
+        if self._producer is None:
+            return
+        try:
             self._producer.close(timeout=self.timeout_s)
+        except KafkaError as error:  # a broker outage must not stop a shutdown
+            logger.warning("closing the ingest producer: %s", error)
+        finally:
             self._producer = None
 
 

@@ -33,7 +33,7 @@ from kafka import KafkaConsumer, TopicPartition
 from tiny_model import write_tiny_model
 
 from service.app import serving_redis
-from service.localstack import LocalStack
+from service.localstack import LocalStack, free_port
 from service.metrics import Metrics
 from service.model import ServingModel
 from service.server import (
@@ -78,12 +78,18 @@ class Running:
 
 @contextmanager
 def running(
-    model: ServingModel, stack: LocalStack, redis_url: str, max_events: int = 1000, **limits: int
+    model: ServingModel,
+    stack: LocalStack,
+    redis_url: str,
+    max_events: int = 1000,
+    sink: KafkaEventSink | None = None,
+    **limits: int,
 ) -> Iterator[Running]:
-    """A started server; `limits` are start_server's max_concurrent_rpcs, max_message_bytes."""
+    """A started server (its sink: the stack's broker unless given); `limits` are
+    start_server's max_concurrent_rpcs and max_message_bytes."""
     metrics = Metrics()
     store = UserStore(serving_redis(redis_url, timeout_s=0.25))
-    sink = KafkaEventSink(stack.kafka_bootstrap, TOPIC)
+    sink = sink or KafkaEventSink(stack.kafka_bootstrap, TOPIC)
     servicer = RecommenderServicer(
         Recommender(model, store, metrics),
         Ingestor(model.item_index, sink, metrics, max_events),
@@ -338,6 +344,20 @@ def test_a_message_over_the_size_limit_is_resource_exhausted(
         with pytest.raises(grpc.RpcError) as refused:
             recommend(started, user_id="big", k=3, candidate_item_ids=["i1"] * 1000)
     assert refused.value.code() == Code.RESOURCE_EXHAUSTED
+
+
+def test_record_events_with_kafka_unreachable_is_unavailable_quickly(
+    model: ServingModel, stack: LocalStack
+) -> None:
+    dead = KafkaEventSink(f"127.0.0.1:{free_port()}", TOPIC, timeout_s=1.0)
+    with running(model, stack, stack.redis_url, sink=dead) as started:
+        began = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            started.stub.RecordEvents(iter([event(0)]), timeout=15)
+        assert refused.value.code() == Code.UNAVAILABLE
+        assert "cannot reach Kafka" in refused.value.details()
+        assert time.monotonic() - began < 5
+        assert recommend(started, user_id="no-kafka", k=3).state == recommender_pb2.COLD
 
 
 def test_health_answers_serving(service: Running) -> None:

@@ -194,7 +194,7 @@ def test_redis_errors_propagate(redis_url: str) -> None:
 @pytest.fixture(scope="module")
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Three redis-server nodes in cluster mode, the 16384 slots split between them."""
-    ports = [free_port() for _ in range(3)]
+    ports = [cluster_port() for _ in range(3)]
     processes = []
     for port in ports:
         work = tmp_path_factory.mktemp(f"cluster-{port}")
@@ -213,6 +213,14 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         for process in processes:
             process.terminate()
             process.wait(timeout=10)
+
+
+def cluster_port() -> int:
+    """A free port that leaves room for its cluster bus port (port + 10000 <= 65535)."""
+    port = free_port()
+    while port > 55535:
+        port = free_port()
+    return port
 
 
 def _answers(node: redis.Redis) -> bool:
