@@ -140,7 +140,7 @@ class Metrics:
         )
         self.adaptation_seconds = Histogram(
             "coldstart_adaptation_duration_seconds",
-            "Time of one batched adaptation, from loaded states to states written.",
+            "Time of one batched adaptation call (the inner loop over every touched user).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -190,7 +190,7 @@ def test_the_termination_grace_period_outlasts_the_drain(chart: helm.Chart, grac
     pre_stop = service_container(manifests)["lifecycle"]["preStop"]["sleep"]["seconds"]
     # The service drains RPCs for up to grace_s, then waits up to grace_s + 10 s for the
     # consumer's last batch; the preStop sleep comes first.
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + 2 * grace + 10
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + 2 * grace + 21
 
 
 def test_the_service_monitor_renders_only_where_its_crd_exists(chart: helm.Chart) -> None:

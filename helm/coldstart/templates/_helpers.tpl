@@ -63,12 +63,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 Seconds the kubelet waits between SIGTERM and SIGKILL. The service first drains
-in-flight RPCs for up to grace_s, then waits up to grace_s + 10 s for the consumer to
-finish its batch and commit; the preStop sleep comes before SIGTERM; 5 s spare.
+in-flight RPCs for up to grace_s (+1 s), then waits up to grace_s + 10 s for the consumer
+to finish its batch and commit, then up to 10 s for the ingest producer to close; the
+preStop sleep comes before SIGTERM; 5 s spare.
 */}}
 {{- define "coldstart.terminationGracePeriodSeconds" -}}
 {{- $grace := int (ceil .Values.settings.graceSeconds) }}
-{{- add (mul 2 $grace) 10 5 (int .Values.preStopSleepSeconds) }}
+{{- add (mul 2 $grace) 1 10 10 5 (int .Values.preStopSleepSeconds) }}
 {{- end }}
 
 {{/*
