@@ -172,15 +172,10 @@ class Recommender:
                 f"candidate_item_ids has {len(query.candidates)} ids, "
                 f"more than the limit of {MAX_CANDIDATES}"
             )
+        # Ids the model does not know are left out, as the API promises: a catalogue grows
+        # between model versions, and a client's new items must not fail its requests.
         index = model.item_index
-        unknown = [item for item in query.candidates if item not in index]
-        if unknown:
-            shown = ", ".join(repr(item[:64]) for item in unknown[:5])
-            raise InvalidRequest(
-                f"candidate_item_ids: {len(unknown)} not in the catalogue of model "
-                f"{model.version}: {shown}{', ...' if len(unknown) > 5 else ''}"
-            )
-        return [index[item] for item in query.candidates]
+        return [index[item] for item in query.candidates if item in index]
 
     def _read(self, user_id: str) -> tuple[UserRecord | None, str]:
         """The stored record (one Redis round trip) and the state kind when there is none."""
