@@ -5,15 +5,18 @@ Each outer step samples training users, gives each a support size spread over
 vectors on the rest of their sequence (the query), exactly as evaluation will.
 The query loss is the multinomial log-likelihood of the query items over the
 catalogue minus the support items, the quantity NDCG@20 rewards. The model
-kept is the one with the best NDCG@20 on validation users.
+kept is the one with the best NDCG@20 on validation users, and its step size
+and prior strength are then calibrated on those users (calibrate_step).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -40,6 +43,7 @@ class TrainConfig:
     first_order: bool = False  # drop second-order terms of the meta-gradient
     eval_every: int = 50  # outer steps between validation runs
     patience: int = 4  # validation runs without improvement before stopping
+    calibrate: bool = True  # rescale the learned step and prior on validation users at the end
 
 
 @dataclass(frozen=True)
@@ -168,14 +172,64 @@ def meta_train(
             if stale >= config.patience:
                 break
     model.load_state_dict(best[2])
+    calibration = calibrate_step(model, ctx) if config.calibrate else None
     seconds = time.perf_counter() - started
     return model, {
-        "valid_ndcg@20": best[0],
+        "valid_ndcg@20": calibration["valid_ndcg@20"] if calibration else best[0],
+        "calibration": calibration,
         "best_step": best[1],
         "steps": step,
         "seconds": seconds,
         "tasks_per_s": step * config.users_per_step / seconds,
         "history": history,
+    }
+
+
+# The calibration lattice: step scale 2**(i/2) and prior strength times 2**(j/2), |i|, |j| <= 8.
+CALIBRATION_REACH = 8
+
+
+def calibrate_step(model: ColdStartModel, ctx: Context) -> dict:
+    """Rescale the inner step and the prior strength to their validation-best values, in place.
+
+    The meta-objective (query log-likelihood) rewards spreading probability over
+    all of a user's later items and so favours long steps; NDCG@20 rewards the
+    top of the list. On ml-100k's validation users NDCG@20 peaked at 0.35 to 0.7
+    of the meta-learned step (at the full step one event cost NDCG against none),
+    on ml-1m at a stronger prior. Two numbers fix that without retraining: a
+    factor on the preconditioner (added to log_inner_lr) and on the prior
+    strength (added to log_prior), hill-climbed on a lattice as mf_finetune
+    tunes its own rule. The model is left at the chosen point.
+    The zero-shot start (k = 0) is untouched.
+    """
+    lr, prior = model.log_inner_lr.detach().clone(), model.log_prior.detach().clone()
+    half = math.log(2.0) / 2
+
+    def move_to(point: tuple[int, int]) -> None:
+        with torch.no_grad():
+            model.log_inner_lr.copy_(lr + point[0] * half)
+            model.log_prior.copy_(prior + point[1] * half)
+
+    @cache
+    def value(point: tuple[int, int]) -> float:
+        move_to(point)
+        return validation_ndcg(score_fn(model), ctx)
+
+    point = (0, 0)
+    while True:
+        i, j = point
+        steps = [(i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)]
+        steps = [s for s in steps if max(map(abs, s)) <= CALIBRATION_REACH]
+        step = max(steps, key=value)
+        if value(step) <= value(point):
+            break
+        point = step
+    move_to(point)
+    return {
+        "step_scale": 2 ** (point[0] / 2),
+        "prior_scale": 2 ** (point[1] / 2),
+        "valid_ndcg@20_before": value((0, 0)),
+        "valid_ndcg@20": value(point),
     }
 
 

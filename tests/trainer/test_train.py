@@ -1,0 +1,36 @@
+"""Meta-training's last step: calibrating the inner step on validation users."""
+
+import pytest
+import torch
+
+from trainer.data import load_dataset
+from trainer.episodes import Context, make_context, validation_ndcg
+from trainer.model import ModelConfig
+from trainer.synth import write_synthetic
+from trainer.train import build_model, calibrate_step, score_fn
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> Context:
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic(root, 300, 60, seed=0)
+    return make_context(load_dataset(root), 0, [0, 1, 3, 5], torch.device("cpu"))
+
+
+def test_calibration_shortens_an_overshooting_step_and_never_loses_validation_ndcg(ctx) -> None:
+    torch.manual_seed(0)
+    model = build_model(ctx, ModelConfig(dim=8)).requires_grad_(False)  # untrained: steps too far
+    prior = float(model.log_prior.exp())
+    before = validation_ndcg(score_fn(model), ctx)
+    zero_shot = model.initial_users(torch.zeros(1, ctx.features.shape[1], dtype=torch.long))
+
+    result = calibrate_step(model, ctx)
+
+    assert result["valid_ndcg@20_before"] == pytest.approx(before)
+    assert result["valid_ndcg@20"] >= before
+    # The step one event takes, scale / (1 + prior), is shorter.
+    assert result["step_scale"] / (1 + prior * result["prior_scale"]) < 1 / (1 + prior)
+    # The model is left at the chosen point, and the zero-shot start is untouched.
+    assert validation_ndcg(score_fn(model), ctx) == pytest.approx(result["valid_ndcg@20"])
+    after = model.initial_users(torch.zeros(1, ctx.features.shape[1], dtype=torch.long))
+    torch.testing.assert_close(after, zero_shot)
