@@ -37,9 +37,11 @@ class TrainConfig:
     users_per_step: int = 128  # episodes (training users) per outer step
     max_support: int = 20  # support sizes are drawn uniformly from 0..max_support
     meta_lr: float = 1e-3  # Adam learning rate of the meta-parameters
-    # Item vectors learn at this fraction of meta_lr. 0 keeps their SVD start: learned by
-    # the meta-objective from a few hundred training users they over-fit within ~100 steps.
-    item_lr_scale: float = 0.0
+    # Item vectors learn at this fraction of meta_lr from their SVD start; 0 freezes them.
+    # At the full rate they over-fit ml-100k within ~100 steps; with the step calibrated
+    # afterwards, 0.3 gained validation NDCG on ml-100k (0.523 -> 0.526) and ml-1m
+    # (0.578 -> 0.584), and 1.0 no more.
+    item_lr_scale: float = 0.3
     first_order: bool = False  # drop second-order terms of the meta-gradient
     eval_every: int = 50  # outer steps between validation runs
     patience: int = 4  # validation runs without improvement before stopping
