@@ -52,12 +52,12 @@ class InnerRule:
 
 def scores(users: torch.Tensor, items: ItemTables) -> torch.Tensor:
     """(B, d) user vectors -> (B, I) ranking scores u . v_i + b_i."""
-    return users @ items.vectors.T + items.bias
+    return torch.addmm(items.bias, users, items.vectors.T)  # fused: no (B, I) temporary
 
 
 def ratings(users: torch.Tensor, items: ItemTables) -> torch.Tensor:
     """(B, d) user vectors -> (B, I) predicted ratings u . w_i + c_i."""
-    return users @ items.rating_vectors.T + items.rating_bias
+    return torch.addmm(items.rating_bias, users, items.rating_vectors.T)
 
 
 def support_loss(
