@@ -323,22 +323,35 @@ def test_rpcs_beyond_the_concurrency_limit_are_refused_at_once(
     release = threading.Event()
 
     def held_open() -> Iterator[event_pb2.Event]:
+        yield event(0)  # a first message, so the call surely reaches the server (no corking)
         release.wait(15)  # the stream stays open, holding the only RPC slot, until released
-        yield event(0)
+        yield event(1)
 
     with running(model, stack, stack.redis_url, max_concurrent_rpcs=1) as started:
         held = started.stub.RecordEvents.future(held_open(), timeout=20)
+        # Probing at once could take the slot first and get the stream itself refused.
+        time.sleep(0.3)
         deadline = time.monotonic() + 10
         code = Code.OK
         while code is not Code.RESOURCE_EXHAUSTED and time.monotonic() < deadline:
+            assert not held.done(), f"the held stream ended early: {held.exception()}"
             try:
                 recommend(started, user_id="waiting", k=3)
             except grpc.RpcError as refused:
                 code = refused.code()
         release.set()
         assert code is Code.RESOURCE_EXHAUSTED
-        assert held.result().accepted == 1  # the RPC holding the slot was not disturbed
-        assert recommend(started, user_id="after", k=3).state == recommender_pb2.COLD
+        assert held.result().accepted == 2  # the RPC holding the slot was not disturbed
+        # The server frees the slot just after the client has its answer: poll for it.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert recommend(started, user_id="after", k=3).state == recommender_pb2.COLD
+                break
+            except grpc.RpcError as refused:
+                assert refused.code() is Code.RESOURCE_EXHAUSTED
+                assert time.monotonic() < deadline, "the slot was not freed"
+                time.sleep(0.01)
 
 
 def test_a_message_over_the_size_limit_is_resource_exhausted(
