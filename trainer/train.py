@@ -25,6 +25,7 @@ from tqdm import tqdm
 from trainer.adapt import ratings, scores
 from trainer.data import Dataset
 from trainer.episodes import Context, validation_ndcg
+from trainer.lattice import climb
 from trainer.model import ColdStartModel, ModelConfig
 from trainer.split import Support, support_batch
 
@@ -217,15 +218,7 @@ def calibrate_step(model: ColdStartModel, ctx: Context) -> dict:
         move_to(point)
         return validation_ndcg(score_fn(model), ctx)
 
-    point = (0, 0)
-    while True:
-        i, j = point
-        steps = [(i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)]
-        steps = [s for s in steps if max(map(abs, s)) <= CALIBRATION_REACH]
-        step = max(steps, key=value)
-        if value(step) <= value(point):
-            break
-        point = step
+    point = climb(value, (0, 0), CALIBRATION_REACH)
     move_to(point)
     return {
         "step_scale": 2 ** (point[0] / 2),

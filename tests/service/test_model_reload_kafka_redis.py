@@ -7,26 +7,18 @@ The whole service runs, on its embedded broker and Redis."""
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from coldstart.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
 from tiny_model import write_tiny_model
+from waiting import eventually
 
 from service.app import Service
 from service.settings import resolve
 from trainer import artifact
-
-
-def eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

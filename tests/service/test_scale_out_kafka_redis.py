@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ import pytest
 import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from tiny_model import write_tiny_model
+from waiting import eventually
 
 from service.events import Event
 from service.localstack import LocalStack
@@ -54,14 +55,6 @@ def stack() -> Iterator[LocalStack]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("scale"), users=200, items=100, dim=16)
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.2)
 
 
 class Replica:
@@ -153,9 +146,14 @@ def test_two_replicas_share_the_partitions_and_a_killed_ones_are_taken_over(
             owned = [r.partitions() for r in replicas]
             return all(owned) and owned[0].isdisjoint(owned[1]) and len(owned[0] | owned[1]) == 4
 
-        wait_for(shared, 120, "both replicas own partitions")
+        eventually(shared, 120, "both replicas own partitions", every_s=0.2)
         last = produce(stack.kafka_bootstrap, first, per_s=2000)
-        wait_for(lambda: all(r.applied() > 0 for r in replicas), 60, "both replicas apply events")
+        eventually(
+            lambda: all(r.applied() > 0 for r in replicas),
+            60,
+            "both replicas apply events",
+            every_s=0.2,
+        )
 
         # Mid-stream: the rest arrives while the victim is killed.
         late: dict[str, tuple[int, int]] = {}
@@ -168,8 +166,15 @@ def test_two_replicas_share_the_partitions_and_a_killed_ones_are_taken_over(
         victim.process.wait()
         sending.join(timeout=60)
         last.update(late)
-        wait_for(lambda: survivor.partitions() == set(range(PARTITIONS)), 120, "takeover")
-        wait_for(lambda: committed(stack.kafka_bootstrap) == EVENTS, 120, "the topic drained")
+        eventually(
+            lambda: survivor.partitions() == set(range(PARTITIONS)), 120, "takeover", every_s=0.2
+        )
+        eventually(
+            lambda: committed(stack.kafka_bootstrap) == EVENTS,
+            120,
+            "the topic drained",
+            every_s=0.2,
+        )
         survivor.process.send_signal(signal.SIGTERM)
         assert survivor.process.wait(timeout=30) == 0, survivor.text()[-3000:]
     finally:

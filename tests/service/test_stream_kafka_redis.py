@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import redis
 import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from tiny_model import write_tiny_model
+from waiting import eventually
 
 from service.events import Event, parse_event
 from service.localstack import LocalStack, free_port, redis_server_binary
@@ -86,14 +87,6 @@ def event(user: str, n: int, item: str, rating: float | None = None) -> Event:
 
 def send(producer: KafkaProducer, topic: str, key: str, value: bytes) -> None:
     producer.send(topic, key=key.encode(), value=value).get(timeout=10)
-
-
-def eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.05)
 
 
 class Running:

@@ -25,6 +25,7 @@ from trainer import adapt
 from trainer.adapt import InnerRule, ItemTables
 from trainer.baselines.popularity import item_counts, require_validation_users
 from trainer.episodes import Context, validation_ndcg
+from trainer.lattice import climb
 from trainer.split import Sequences, Support
 
 # The inner rule (rate c, prior p) is searched on a log lattice, c = RATE * 3**i in units of
@@ -159,15 +160,7 @@ class MatrixFactorisation:
             self.rule = self._rule_at(point, unit)
             return validation_ndcg(self.scores, ctx)
 
-        point = self.lattice_point
-        while True:
-            i, j = point
-            steps = [(i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)]
-            steps = [s for s in steps if max(map(abs, s)) <= LATTICE_REACH]
-            step = max(steps, key=value)
-            if value(step) <= value(point):
-                break
-            point = step
+        point = climb(value, self.lattice_point, LATTICE_REACH)
         self.lattice_point, self.rule = point, self._rule_at(point, unit)
         return value(point)
 
