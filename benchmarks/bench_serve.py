@@ -65,7 +65,7 @@ from service.topics import create_topic
 FLOOR_METHOD = "/coldstart.bench.Floor/Get"
 FLOOR_PREFIX = b"coldstart:floor:"
 TOPIC = "coldstart.bench.serve"
-WORKERS, MAX_CONCURRENT_RPCS, REDIS_TIMEOUT_S = 16, 256, 0.25  # the service's defaults
+WORKERS, MAX_CONCURRENT_RPCS, REDIS_TIMEOUT_S = 4, 256, 0.25  # the service's defaults
 CALL_TIMEOUT_S = 5.0
 SERVE = "import sys; from service.cli import main; sys.exit(main())"  # `coldstart serve ...`
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from trainer.adapt import ItemTables, inner_loop
@@ -47,19 +48,28 @@ class ServingModel:
             self.rule = model.rule()
             self.prior = model.initial_users(torch.zeros(1, len(self._codes), dtype=torch.long))[0]
         self._model = model
+        # Scoring one user is a handful of small ops. numpy's keep the GIL, where each torch
+        # op hands it back and forth between the server's threads, so the read path scores
+        # on numpy views of the same tables (shared memory, no copy).
+        self._vectors = self.tables.vectors.numpy()
+        self._bias = self.tables.bias.numpy()
 
     @property
     def dim(self) -> int:
         return self.prior.shape[0]
 
-    def feature_codes(self, features: Mapping[str, str]) -> torch.Tensor:
-        """(F,) codes; an unknown value is code 0 (unknown), an unknown name is an error."""
+    def check_features(self, features: Mapping[str, str]) -> None:
+        """An unknown feature name is an error (an unknown value is not: it is code 0)."""
         unknown = sorted(set(features) - set(self.feature_names))
         if unknown:
             raise UnknownFeatureError(
                 f"unknown feature {', '.join(unknown)}; this model knows "
                 f"{', '.join(self.feature_names) or 'none'}"
             )
+
+    def feature_codes(self, features: Mapping[str, str]) -> torch.Tensor:
+        """(F,) codes; an unknown value is code 0 (unknown), an unknown name is an error."""
+        self.check_features(features)
         return torch.tensor(
             [
                 codes.get(features.get(name, ""), 0)
@@ -72,6 +82,12 @@ class ServingModel:
         """(B, F) codes -> (B, d) zero-history vectors."""
         with torch.no_grad():
             return self._model.initial_users(features)
+
+    def cold_vector(self, features: Mapping[str, str]) -> np.ndarray:
+        """(d,) the vector of a user with no history, from their side features if any."""
+        codes = self.feature_codes(features)
+        vector = self.initial(codes.unsqueeze(0))[0] if codes.any() else self.prior
+        return vector.numpy()
 
     def adapt(
         self, histories: Sequence[Sequence[Interaction]], features: torch.Tensor
@@ -90,13 +106,15 @@ class ServingModel:
         with torch.no_grad():
             return inner_loop(self.initial(features), self.tables, support, self.rule)
 
-    def scores(self, vector: torch.Tensor) -> torch.Tensor:
-        """(d,) -> (I,) scores over the catalogue: one matrix-vector product."""
-        return self.tables.vectors @ vector + self.tables.bias
+    def scores(self, vector: np.ndarray) -> np.ndarray:
+        """(d,) -> (I,) float32 scores over the catalogue: one matrix-vector product."""
+        scores = self._vectors @ np.asarray(vector, dtype=np.float32)
+        scores += self._bias
+        return scores
 
     def top_k(
         self,
-        vector: torch.Tensor,
+        vector: np.ndarray,
         k: int,
         exclude: Sequence[int] = (),
         candidates: Sequence[int] | None = None,
@@ -104,15 +122,15 @@ class ServingModel:
         """The k best items, excluding `exclude`, among `candidates` when given."""
         scores = self.scores(vector)
         if candidates is not None:
-            allowed = torch.full_like(scores, -torch.inf)
-            index = torch.as_tensor(list(candidates), dtype=torch.long)
+            allowed = np.full_like(scores, -np.inf)
+            index = np.asarray(candidates, dtype=np.intp)
             allowed[index] = scores[index]
             scores = allowed
         if exclude:
-            scores[torch.as_tensor(list(exclude), dtype=torch.long)] = -torch.inf
-        best = torch.topk(scores, min(k, scores.shape[0]))
+            scores[np.asarray(exclude, dtype=np.intp)] = -np.inf
+        best = torch.from_numpy(scores).topk(min(k, scores.shape[0]))  # faster than argpartition
         return [
-            (self.item_ids[i], float(s))
+            (self.item_ids[i], s)
             for i, s in zip(best.indices.tolist(), best.values.tolist(), strict=True)
-            if s != -torch.inf
+            if s != -np.inf
         ]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import grpc
+import numpy as np
 import redis
 import torch
 from coldstart.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
@@ -130,21 +131,17 @@ class Recommender:
     def recommend(self, query: RecommendQuery) -> Recommendation:
         model = self.model
         candidates = self._check(query, model)
-        codes = model.feature_codes(query.features)  # raises UnknownFeatureError
+        model.check_features(query.features)  # raises UnknownFeatureError
         record, state = self._read(query.user_id)
         if record is None:
-            vector = model.initial(codes.unsqueeze(0))[0]
-            items = model.top_k(vector, query.k, candidates=candidates)
+            items = model.top_k(model.cold_vector(query.features), query.k, candidates=candidates)
             self.metrics.on_response(state)
             return Recommendation(items, model.version, state)
-        interactions = record.interactions(model.item_index)
-        vector = _vector(model, record, interactions)
-        seen = () if query.include_seen else sorted({i.item for i in interactions})
+        vector, known = _vector(model, record)
+        seen = () if query.include_seen else known
         items = model.top_k(vector, query.k, exclude=seen, candidates=candidates)
         self.metrics.on_response("adapted")
-        return Recommendation(
-            items, model.version, "adapted", len(interactions), record.state_version
-        )
+        return Recommendation(items, model.version, "adapted", len(known), record.state_version)
 
     def user_state(self, user_id: str) -> UserSummary:
         check_user_id(user_id)
@@ -191,12 +188,15 @@ class Recommender:
         return record, "cold"
 
 
-def _vector(model: ServingModel, record: UserRecord, interactions: Sequence[Any]) -> torch.Tensor:
-    """The stored vector, or (state from another model) one re-adapted from the history."""
+def _vector(model: ServingModel, record: UserRecord) -> tuple[np.ndarray, list[int]]:
+    """The user's vector and the indices of their history items this model knows: the
+    stored vector, or (a state from another model) one re-adapted from the history."""
     if record.model_version == model.version and record.vector.shape == (model.dim,):
-        return torch.from_numpy(record.vector)
+        return record.vector, record.item_indices(model.item_index)
+    interactions = record.interactions(model.item_index)
     no_features = torch.zeros(1, len(model.feature_names), dtype=torch.long)
-    return model.adapt([interactions], no_features)[0]
+    vector = model.adapt([interactions], no_features)[0].numpy()
+    return vector, [interaction.item for interaction in interactions]
 
 
 @dataclass

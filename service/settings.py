@@ -58,7 +58,7 @@ class Settings:
     history_limit: int = 50  # interactions kept per user: what re-adaptation and filtering see
     state_ttl_s: int = 0  # expire a user's state after this long without events; 0: never
     max_concurrent_rpcs: int = 256  # beyond this, new RPCs get RESOURCE_EXHAUSTED at once
-    grpc_workers: int = 16  # threads serving RPCs
+    grpc_workers: int = 4  # threads serving RPCs; few, since more only contend for the GIL
     max_message_bytes: int = 4 * 1024 * 1024  # largest gRPC message in either direction
     max_stream_events: int = 10_000  # events one RecordEvents stream may carry
     poll_batch_size: int = 500  # records per consumer poll: the adaptation micro-batch

@@ -94,6 +94,10 @@ class UserRecord:
     watermarks: Mapping[int, int] = field(default_factory=dict)  # partition -> last applied offset
     updated_at_ms: int = 0  # when the record was written
 
+    def item_indices(self, item_index: Mapping[str, int]) -> list[int]:
+        """The history's item indices in a model's catalogue; unknown items are skipped."""
+        return [item_index[item_id] for item_id, _ in self.history if item_id in item_index]
+
     def interactions(self, item_index: Mapping[str, int]) -> list[Interaction]:
         """The history as a model's interactions; items that model does not know are skipped."""
         indices = [item_index.get(item_id) for item_id, _ in self.history]
