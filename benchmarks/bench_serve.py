@@ -7,18 +7,21 @@ Recommend excludes 50 seen items), and two servers in their own processes on
 loopback:
 - `coldstart serve`, the product, unchanged (its idle consumer included;
   `--serve-torch-threads N` sets its OMP_NUM_THREADS, torch's thread count);
+  `--replicas N` starts N of them on one port (gRPC binds with SO_REUSEPORT, so
+  the kernel spreads connections over them): scale-out by replicas, on one machine;
 - the floor: a gRPC server with the same thread pool and Redis client settings
   whose one unary handler (raw bytes, no protobuf) does one Redis GET of a
   value as large as a stored user record, and returns it.
 One asyncio client process (grpc.aio) drives both, alternately, so load on the
-machine hits both alike: closed loops at each concurrency for SECONDS (at most
+machine hits both alike, over CHANNELS connections to each (so replicas share
+the load): closed loops at each concurrency for SECONDS (at most
 MAX_REQUESTS calls), then an open loop paced at RATE requests/s, where latency
 is taken from the actual send and, separately, from the scheduled send time.
 Every statistic is the median over REPEATS rounds. The client shares the
 machine's cores with the servers; its CPU time is reported next to theirs.
 
     python benchmarks/bench_serve.py [--users 2000] [--seconds 4] [--repeats 3]
-        [--concurrency 1,16,64] [--rate 1000] [--paced-seconds 10] [--model DIR]
+        [--concurrency 1,16,64] [--rate 1000] [--paced-seconds 10] [--model DIR] [--replicas 1]
 
 Prints one JSON object. The servers import the same code as this script ("code"
 in the output); where the editable install points at another checkout, run
@@ -67,6 +70,8 @@ FLOOR_PREFIX = b"coldstart:floor:"
 TOPIC = "coldstart.bench.serve"
 WORKERS, MAX_CONCURRENT_RPCS, REDIS_TIMEOUT_S = 4, 256, 0.25  # the service's defaults
 CALL_TIMEOUT_S = 5.0
+CHANNELS = 8  # client connections per server; calls take them in turn
+SERVING_LINE = "health, reflection on"  # service.server.start_server logs it once started
 SERVE = "import sys; from service.cli import main; sys.exit(main())"  # `coldstart serve ...`
 
 
@@ -131,11 +136,11 @@ Call = Callable[[int], Awaitable[Any]]  # request number -> the RPC
 
 
 class Target:
-    """A server under test: how to call it, and its process for CPU accounting."""
+    """A server under test: how to call it, and its processes for CPU accounting."""
 
-    def __init__(self, name: str, pid: int, call: Call) -> None:
+    def __init__(self, name: str, pids: list[int], call: Call) -> None:
         self.name = name
-        self.pid = pid
+        self.pids = pids
         self.call = call
 
     async def _one(self, n: int, phase: Phase, scheduled: float | None = None) -> None:
@@ -190,12 +195,15 @@ class Target:
         return phase
 
     async def _measured(self, phase: Phase, work: Awaitable[Any]) -> None:
-        server_cpu, client_cpu = cpu_seconds(self.pid), time.process_time()
+        server_cpu, client_cpu = self._server_cpu(), time.process_time()
         started = time.perf_counter()
         await work
         phase.seconds = time.perf_counter() - started
-        phase.server_cpu_s = cpu_seconds(self.pid) - server_cpu
+        phase.server_cpu_s = self._server_cpu() - server_cpu
         phase.client_cpu_s = time.process_time() - client_cpu
+
+    def _server_cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
 
 
 def median_summary(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -218,23 +226,34 @@ def median_summary(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def measure(
-    args: argparse.Namespace, ports: dict[str, int], pids: dict[str, int], user_ids: Sequence[str]
+    args: argparse.Namespace,
+    ports: dict[str, int],
+    pids: dict[str, list[int]],
+    user_ids: Sequence[str],
 ) -> dict[str, Any]:
     rng = random.Random(1)
     order = [rng.choice(user_ids) for _ in range(65_536)]
     requests = [recommender_pb2.RecommendRequest(user_id=u, k=args.k) for u in order]
     floor_requests = [u.encode() for u in order]
+    # A local subchannel pool per channel: each is its own TCP connection.
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]
     channels = {
-        name: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for name, port in ports.items()
+        name: [
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=own_connection)
+            for _ in range(CHANNELS)
+        ]
+        for name, port in ports.items()
     }
     try:
-        stub = recommender_pb2_grpc.RecommenderStub(channels["recommend"])
-        floor = channels["floor"].unary_unary(FLOOR_METHOD)
+        stubs = [recommender_pb2_grpc.RecommenderStub(c) for c in channels["recommend"]]
+        floors = [c.unary_unary(FLOOR_METHOD) for c in channels["floor"]]
 
         def recommend(n: int) -> Awaitable[Any]:
+            stub = stubs[n % CHANNELS]
             return stub.Recommend(requests[n % len(requests)], timeout=CALL_TIMEOUT_S)
 
         def floor_get(n: int) -> Awaitable[Any]:
+            floor = floors[n % CHANNELS]
             return floor(floor_requests[n % len(floor_requests)], timeout=CALL_TIMEOUT_S)
 
         targets = [
@@ -253,7 +272,7 @@ async def measure(
                 phase = await target.paced(args.rate, args.paced_seconds)
                 rounds[target.name].setdefault(f"paced_{args.rate:g}", []).append(phase.summary())
     finally:
-        for channel in channels.values():
+        for channel in (c for group in channels.values() for c in group):
             await channel.close()
     return {
         name: {key: median_summary(values) for key, values in by_key.items()}
@@ -265,7 +284,8 @@ async def measure(
 
 
 def wait_serving(port: int, process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    """Until the server's health service says SERVING (any server: until it accepts)."""
+    """Until the server's health service says SERVING (any server: until it accepts).
+    Replicas share a port, so a caller starts them one at a time, waiting for each."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         while time.monotonic() < deadline:
@@ -286,6 +306,17 @@ def wait_serving(port: int, process: subprocess.Popen[bytes], log: Path, timeout
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return
     raise RuntimeError(f"server on port {port} not serving after {timeout_s} s:\n{log_tail(log)}")
+
+
+def wait_replica(port: int, process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    """Until this replica logs that its gRPC server is up (a health check on the shared port
+    may reach another replica), then until the port answers SERVING."""
+    deadline = time.monotonic() + timeout_s
+    while SERVING_LINE not in (log.read_text(errors="replace") if log.exists() else ""):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"replica not serving after {timeout_s} s:\n{log_tail(log)}")
+        time.sleep(0.2)
+    wait_serving(port, process, log, max(deadline - time.monotonic(), 1.0))
 
 
 def spawn(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -352,7 +383,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         create_topic(stack.kafka_bootstrap, TOPIC, 1)
 
         ports = {"floor": free_port(), "recommend": free_port()}
-        floor_log, serve_log = work / "floor.log", work / "serve.log"
+        floor_log = work / "floor.log"
         floor_cmd = [sys.executable, __file__, "--floor-server", stack.redis_url]
         floor_cmd += ["--floor-port", str(ports["floor"])]
         serve_cmd = [sys.executable, "-c", SERVE, "serve", "--model", str(model_dir)]
@@ -362,18 +393,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         threads = (
             {"OMP_NUM_THREADS": str(args.serve_torch_threads)} if args.serve_torch_threads else {}
         )
-        processes = {
-            "floor": spawn(floor_cmd, floor_log, child_env()),
-            "recommend": spawn(serve_cmd, serve_log, child_env(**threads)),
-        }
+        processes: dict[str, list[subprocess.Popen[bytes]]] = {"floor": [], "recommend": []}
         try:
-            wait_serving(ports["floor"], processes["floor"], floor_log, 60)
-            wait_serving(ports["recommend"], processes["recommend"], serve_log, 120)
-            pids = {name: p.pid for name, p in processes.items()}
+            processes["floor"].append(spawn(floor_cmd, floor_log, child_env()))
+            wait_serving(ports["floor"], processes["floor"][0], floor_log, 60)
+            for replica in range(args.replicas):
+                log = work / f"serve-{replica}.log"
+                processes["recommend"].append(spawn(serve_cmd, log, child_env(**threads)))
+                wait_replica(ports["recommend"], processes["recommend"][-1], log, 120)
+            pids = {name: [p.pid for p in group] for name, group in processes.items()}
             results = asyncio.run(measure(args, ports, pids, user_ids))
-            rss = {name: rss_mib(pid) for name, pid in pids.items()}
+            rss = {name: [rss_mib(pid) for pid in group] for name, group in pids.items()}
         finally:
-            for process in processes.values():
+            for process in (p for group in processes.values() for p in group):
                 stop(process)
     return {
         "items": len(model.item_ids),
@@ -383,6 +415,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "history": args.history,
         "k": args.k,
         "record_bytes": size,
+        "replicas": args.replicas,
         "seconds_per_phase": args.seconds,
         "repeats": args.repeats,
         **results,
@@ -416,6 +449,9 @@ def main() -> None:
         "--serve-torch-threads",
         type=int,
         help="OMP_NUM_THREADS for `coldstart serve` (default: unset, torch's own default)",
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="`coldstart serve` processes on one port"
     )
     parser.add_argument("--floor-server", metavar="REDIS_URL", help=argparse.SUPPRESS)
     parser.add_argument("--floor-port", type=int, help=argparse.SUPPRESS)
