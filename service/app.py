@@ -14,6 +14,7 @@ serving ever staler states: an orchestrator restarts it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -60,6 +61,17 @@ class CountingConsumer(EventConsumer):
         polled = super().step()
         self.metrics.on_consumed(polled)
         return polled
+
+
+def settle_heap() -> None:
+    """Collects garbage, then freezes every object left (libraries, the model) out of the
+    cyclic collector. Why: after startup about 200,000 objects are tracked, and a full
+    collection walks them all, stopping every thread for about 100 ms (measured) every few
+    hundred requests: the serving p99. Frozen objects are never walked again. Run again
+    after a model swap (one such pause per deploy), so the old model can be collected."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def quiet_kafka() -> None:
@@ -195,6 +207,7 @@ class Service:
         self.ingestor.item_index = model.item_index
         self.consumer.use_model(model)
         self.metrics.set_model(model.version, len(model.item_ids), model.dim)
+        settle_heap()
 
     def _start_missing_engines(self) -> None:
         """Start a local broker and/or Redis for whatever endpoint the settings lack."""
@@ -295,6 +308,7 @@ def serve(settings: Settings) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with Service(settings) as service:
+            settle_heap()
             logger.info(
                 "serving: gRPC on port %s, metrics on http://%s:%s/metrics",
                 service.grpc_port,
