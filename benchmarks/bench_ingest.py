@@ -9,19 +9,21 @@ The consumer is the service's own `EventConsumer` with its `python -m
 service.stream` settings (torch threads 1, MAX_RECORDS records per poll), in its
 own process, with an observer that reports applied events after every poll and
 keeps the freshness it is told (event ts to the state's write, as the
-Prometheus histogram sees it).
+Prometheus histogram sees it). `--consumers N` runs N of them in one group, so
+they share the partitions: scale-out by replicas, on one machine.
 
 The bench process produces JSON events with kafka-python (acks=all, linger 5
 ms, as `coldstart replay`), keyed by user, each stamped with the time of
 producing, rating events on random items of random users:
-1. warm-up: WARMUP events, waited for (the group join is in here);
+1. warm-up: WARMUP events, waited for, again until every consumer has applied
+   some (the group joins and rebalances are in here);
 2. throughput: EVENTS events as fast as the producer goes; events_per_s is
    EVENTS over the time from the first send to the last applied event;
    drain_events_per_s is the rate of applying after the last send;
 3. freshness: RATE events/s for PACED_SECONDS; p50/p99 over those events.
 
     python benchmarks/bench_ingest.py [--events 50000] [--rate 1000] [--paced-seconds 20]
-        [--users 5000] [--model DIR]
+        [--users 5000] [--model DIR] [--consumers 1]
 
 Prints one JSON object. The consumer imports the same code as this script
 ("code" in the output); where the editable install points at another checkout,
@@ -133,16 +135,17 @@ def run_consumer(args: argparse.Namespace) -> None:
 
 
 class Progress:
-    """The consumer's applied-event reports, read from its stdout in a thread."""
+    """The consumers' applied-event reports, read from their stdout in threads."""
 
-    def __init__(self, process: subprocess.Popen[str], log: Path) -> None:
-        self.process, self.log = process, log
-        self.timeline: list[tuple[float, int]] = []  # (wall time, applied so far)
+    def __init__(self, processes: Sequence[subprocess.Popen[str]], logs: Sequence[Path]) -> None:
+        self.processes, self.logs = processes, logs
+        self.counts = [0] * len(processes)  # applied so far, per consumer
+        self.timeline: list[tuple[float, int]] = []  # (wall time, applied so far by all)
         self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
-        self._thread.start()
+        for n, process in enumerate(processes):
+            threading.Thread(target=self._read, args=(n, process), daemon=True).start()
 
-    def _read(self, process: subprocess.Popen[str]) -> None:
+    def _read(self, n: int, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
         for line in process.stdout:
             try:
@@ -150,15 +153,16 @@ class Progress:
             except ValueError:
                 continue
             with self._changed:
-                self.timeline.append((report["t"], report["applied"]))
+                self.counts[n] = report["applied"]
+                self.timeline.append((report["t"], sum(self.counts)))
                 self._changed.notify_all()
 
     @property
     def applied(self) -> int:
-        return self.timeline[-1][1] if self.timeline else 0
+        return sum(self.counts)
 
     def wait_for(self, applied: int, timeout_s: float) -> float:
-        """Waits until `applied` events are applied; the wall time the consumer reported it."""
+        """Waits until `applied` events are applied; the wall time a consumer reported it."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
             while self.applied < applied:
@@ -167,18 +171,20 @@ class Progress:
                     raise TimeoutError(
                         f"{self.applied} of {applied} events applied after {timeout_s} s"
                     )
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"the consumer exited with {self.process.returncode}; its log:\n"
-                        f"{self.log.read_text()[-3000:]}"
-                    )
+                for process, log in zip(self.processes, self.logs, strict=True):
+                    if process.poll() is not None:
+                        raise RuntimeError(
+                            f"a consumer exited with {process.returncode}; its log:\n"
+                            f"{log.read_text()[-3000:]}"
+                        )
                 self._changed.wait(min(left, 1.0))
-            return next(t for t, n in self.timeline if n >= applied)
+            return next(t for t, n in sorted(self.timeline) if n >= applied)
 
     def rate_after(self, since: float) -> float:
         """Events/s applied from the first report after `since` to the last report."""
-        after = [(t, n) for t, n in self.timeline if t >= since]
-        before = [(t, n) for t, n in self.timeline if t < since]
+        timeline = sorted(self.timeline)
+        after = [(t, n) for t, n in timeline if t >= since]
+        before = [(t, n) for t, n in timeline if t < since]
         if not after or not before:
             return float("nan")
         (t0, n0), (t1, n1) = before[-1], after[-1]
@@ -225,6 +231,47 @@ class EventSource:
         self.producer.close()
 
 
+WARMUP_ROUNDS = 10  # warm-up bursts at most, waiting for every consumer to get partitions
+
+
+def spawn_consumer(
+    args: argparse.Namespace, stack: LocalStack, model_dir: Path, out: Path, log: Path
+) -> subprocess.Popen[str]:
+    """One consumer process (run_consumer) of the bench's group."""
+    command = [sys.executable, __file__, "--consumer", "--model", str(model_dir)]
+    command += [
+        "--kafka-bootstrap",
+        str(stack.kafka_bootstrap),
+        "--redis-url",
+        str(stack.redis_url),
+    ]
+    command += ["--max-records", str(args.max_records), "--consumer-out", str(out)]
+    command += ["--torch-threads", str(args.torch_threads)]
+    with log.open("w") as errors:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env=child_env(),
+        )
+
+
+def consumers_cpu(processes: Sequence[subprocess.Popen[str]]) -> float:
+    return sum(cpu_seconds(process.pid) for process in processes)
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM (the consumer then writes its results), SIGKILL after 30 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp, LocalStack() as stack:
         work = Path(tmp)
@@ -234,31 +281,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for topic in (TOPIC, f"{TOPIC}.dlq"):
             create_topic(stack.kafka_bootstrap, topic, args.partitions)
 
-        out, log = work / "consumer.json", work / "consumer.log"
-        command = [sys.executable, __file__, "--consumer", "--model", str(model_dir)]
-        command += ["--kafka-bootstrap", stack.kafka_bootstrap, "--redis-url", stack.redis_url]
-        command += ["--max-records", str(args.max_records), "--consumer-out", str(out)]
-        command += ["--torch-threads", str(args.torch_threads)]
-        with log.open("w") as errors:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=errors,
-                text=True,
-                env=child_env(),
-            )
+        outs = [work / f"consumer-{n}.json" for n in range(args.consumers)]
+        logs = [work / f"consumer-{n}.log" for n in range(args.consumers)]
+        pairs = zip(outs, logs, strict=True)
+        processes = [spawn_consumer(args, stack, model_dir, out, log) for out, log in pairs]
         source = EventSource(stack.kafka_bootstrap, user_ids, model.item_ids)
         try:
-            progress = Progress(process, log)
-            source.burst(args.warmup)
-            progress.wait_for(args.warmup, args.timeout_s)
+            progress = Progress(processes, logs)
+            for _ in range(WARMUP_ROUNDS):  # until every consumer has partitions and applied some
+                source.burst(args.warmup)
+                progress.wait_for(source.sent, args.timeout_s)
+                if all(progress.counts):
+                    break
+            else:
+                raise RuntimeError(f"consumers that applied nothing: {progress.counts}")
+            warmup = source.sent
 
-            cpu_before, started = cpu_seconds(process.pid), time.time()
+            cpu_before, started = consumers_cpu(processes), time.time()
             source.burst(args.events)
             produced = time.time()
-            done = progress.wait_for(args.warmup + args.events, args.timeout_s)
-            consumer_cpu = cpu_seconds(process.pid) - cpu_before
+            done = progress.wait_for(warmup + args.events, args.timeout_s)
+            consumer_cpu = consumers_cpu(processes) - cpu_before
             throughput = {
                 "events": args.events,
                 "events_per_s": round(args.events / (done - started), 1),
@@ -267,22 +310,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "consumer_cpu_ms_per_event": round(1000 * consumer_cpu / args.events, 3),
             }
 
+            paced_from = list(progress.counts)  # each consumer's first paced-phase event
             source.paced(args.rate, args.paced_seconds)
             paced_n = int(args.rate * args.paced_seconds)
-            progress.wait_for(args.warmup + args.events + paced_n, args.timeout_s)
-            rss = rss_mib(process.pid)
+            progress.wait_for(warmup + args.events + paced_n, args.timeout_s)
+            rss = [rss_mib(process.pid) for process in processes]
         finally:
             source.close()
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if not out.exists():
-            raise RuntimeError(f"the consumer left no results; its log:\n{log.read_text()[-3000:]}")
-        recorded = json.loads(out.read_text())
-    freshness = percentiles_ms(recorded["freshness_s"][-paced_n:])
+            for process in processes:
+                stop(process)
+        missing = [log for out, log in zip(outs, logs, strict=True) if not out.exists()]
+        if missing:
+            raise RuntimeError(f"a consumer left no results; its log:\n{missing[0].read_text()}")
+        recorded = [json.loads(out.read_text()) for out in outs]
+    # A consumer records one freshness per applied event, in order of applying.
+    paced_s = [t for r, n in zip(recorded, paced_from, strict=True) for t in r["freshness_s"][n:]]
+    freshness = percentiles_ms(paced_s)
     return {
         **throughput,
         "freshness_rate": args.rate,
@@ -298,9 +341,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "history": args.history,
         "partitions": args.partitions,
         "max_records": args.max_records,
-        "batches": recorded["batches"],
-        "adapt_s_total": round(recorded["adapt_s"], 2),
-        "applied_total": recorded["applied"],
+        "batches": sum(r["batches"] for r in recorded),
+        "adapt_s_total": round(sum(r["adapt_s"] for r in recorded), 2),
+        "applied_total": sum(r["applied"] for r in recorded),
+        "consumers": args.consumers,
         "consumer_rss_mib": rss,
         "torch_threads": args.torch_threads,
         "targets": {
@@ -319,6 +363,7 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=50, help="each user's stored history")
     parser.add_argument("--partitions", type=int, default=4, help="the service's default")
     parser.add_argument("--max-records", type=int, default=500, help="records per poll")
+    parser.add_argument("--consumers", type=int, default=1, help="consumer processes, one group")
     parser.add_argument("--torch-threads", type=int, default=1, help="service.stream's default")
     parser.add_argument("--warmup", type=int, default=2000, help="events before measuring")
     parser.add_argument("--events", type=int, default=50_000, help="throughput phase")
@@ -330,6 +375,8 @@ def main() -> None:
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--consumer-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not 1 <= args.consumers <= args.partitions:
+        parser.error(f"--consumers must be between 1 and --partitions ({args.partitions})")
     if args.consumer:
         run_consumer(args)
         return
