@@ -57,6 +57,7 @@ from common import (
 )
 from kafka import KafkaProducer
 
+from service import heap
 from service.events import Event
 from service.localstack import LocalStack
 from service.model import ServingModel
@@ -121,6 +122,7 @@ def run_consumer(args: argparse.Namespace) -> None:
     consumer = ReportingConsumer(
         model, store, config, recording, stopping=stopping, recording=recording
     )
+    heap.settle()  # as python -m service.stream does
     consumer.run()
     summary = {
         "applied": recording.applied,

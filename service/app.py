@@ -14,7 +14,6 @@ serving ever staler states: an orchestrator restarts it.
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import threading
@@ -27,6 +26,7 @@ import torch
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from service import heap
 from service.connections import kafka_options, redis_client
 from service.localstack import LocalStack
 from service.metrics import Metrics
@@ -61,17 +61,6 @@ class CountingConsumer(EventConsumer):
         polled = super().step()
         self.metrics.on_consumed(polled)
         return polled
-
-
-def settle_heap() -> None:
-    """Collects garbage, then freezes every object left (libraries, the model) out of the
-    cyclic collector. Why: after startup about 200,000 objects are tracked, and a full
-    collection walks them all, stopping every thread for about 100 ms (measured) every few
-    hundred requests: the serving p99. Frozen objects are never walked again. Run again
-    after a model swap (one such pause per deploy), so the old model can be collected."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 def quiet_kafka() -> None:
@@ -182,6 +171,7 @@ class Service:
             credentials=server_credentials(s),
         )
         self._start_reloader()
+        heap.settle()
 
     def _start_reloader(self) -> None:
         """Watch the model directory for a new version, unless model_reload_s is 0."""
@@ -207,7 +197,7 @@ class Service:
         self.ingestor.item_index = model.item_index
         self.consumer.use_model(model)
         self.metrics.set_model(model.version, len(model.item_ids), model.dim)
-        settle_heap()
+        heap.settle()
 
     def _start_missing_engines(self) -> None:
         """Start a local broker and/or Redis for whatever endpoint the settings lack."""
@@ -308,7 +298,6 @@ def serve(settings: Settings) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with Service(settings) as service:
-            settle_heap()
             logger.info(
                 "serving: gRPC on port %s, metrics on http://%s:%s/metrics",
                 service.grpc_port,

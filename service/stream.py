@@ -40,6 +40,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
+from service import heap
 from service.events import MAX_PAYLOAD_BYTES, Event, InvalidEvent, check_item, parse_event
 from service.model import ServingModel
 from service.store import HistoryEntry, UserRecord, UserStore, bounded, now_ms
@@ -539,7 +540,9 @@ def main(argv: list[str] | None = None) -> int:
         args.kafka_bootstrap, args.topic, args.group, max_records=args.max_records
     )
     model, store = ServingModel(load(args.model)), UserStore.from_url(args.redis_url)
-    EventConsumer(model, store, config, stopping=stop_requested).run()
+    consumer = EventConsumer(model, store, config, stopping=stop_requested)
+    heap.settle()
+    consumer.run()
     return 0
 
 
