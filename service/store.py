@@ -100,11 +100,10 @@ class UserRecord:
 
     def interactions(self, item_index: Mapping[str, int]) -> list[Interaction]:
         """The history as a model's interactions; items that model does not know are skipped."""
-        indices = [item_index.get(item_id) for item_id, _ in self.history]
         return [
-            Interaction(index, rating)
-            for index, (_, rating) in zip(indices, self.history, strict=True)
-            if index is not None
+            Interaction(item_index[item_id], rating)
+            for item_id, rating in self.history
+            if item_id in item_index
         ]
 
 
