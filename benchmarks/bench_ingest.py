@@ -54,6 +54,7 @@ from common import (
     machine,
     percentiles_ms,
     rss_mib,
+    stop,
 )
 from kafka import KafkaProducer
 
@@ -260,20 +261,6 @@ def spawn_consumer(
         )
 
 
-def consumers_cpu(processes: Sequence[subprocess.Popen[str]]) -> float:
-    return sum(cpu_seconds(process.pid) for process in processes)
-
-
-def stop(process: subprocess.Popen[str]) -> None:
-    """SIGTERM (the consumer then writes its results), SIGKILL after 30 s."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp, LocalStack() as stack:
         work = Path(tmp)
@@ -299,11 +286,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"consumers that applied nothing: {progress.counts}")
             warmup = source.sent
 
-            cpu_before, started = consumers_cpu(processes), time.time()
+            cpu_before, started = cpu_seconds(*(p.pid for p in processes)), time.time()
             source.burst(args.events)
             produced = time.time()
             done = progress.wait_for(warmup + args.events, args.timeout_s)
-            consumer_cpu = consumers_cpu(processes) - cpu_before
+            consumer_cpu = cpu_seconds(*(p.pid for p in processes)) - cpu_before
             throughput = {
                 "events": args.events,
                 "events_per_s": round(args.events / (done - started), 1),
@@ -320,7 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             source.close()
             for process in processes:
-                stop(process)
+                stop(process, timeout_s=30)  # SIGTERM: it writes its results
         missing = [log for out, log in zip(outs, logs, strict=True) if not out.exists()]
         if missing:
             raise RuntimeError(f"a consumer left no results; its log:\n{missing[0].read_text()}")

@@ -57,6 +57,7 @@ from common import (
     machine,
     percentiles_ms,
     rss_mib,
+    stop,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -195,15 +196,12 @@ class Target:
         return phase
 
     async def _measured(self, phase: Phase, work: Awaitable[Any]) -> None:
-        server_cpu, client_cpu = self._server_cpu(), time.process_time()
+        server_cpu, client_cpu = cpu_seconds(*self.pids), time.process_time()
         started = time.perf_counter()
         await work
         phase.seconds = time.perf_counter() - started
-        phase.server_cpu_s = self._server_cpu() - server_cpu
+        phase.server_cpu_s = cpu_seconds(*self.pids) - server_cpu
         phase.client_cpu_s = time.process_time() - client_cpu
-
-    def _server_cpu(self) -> float:
-        return sum(cpu_seconds(pid) for pid in self.pids)
 
 
 def median_summary(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -326,16 +324,6 @@ def spawn(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Pope
         )
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def record_bytes(store: UserStore, user_id: str) -> int:
     """Bytes of a stored record as HGETALL returns it (field names and values)."""
     fields = store.client.hgetall(user_key(user_id))
@@ -406,7 +394,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rss = {name: [rss_mib(pid) for pid in group] for name, group in pids.items()}
         finally:
             for process in (p for group in processes.values() for p in group):
-                stop(process)
+                stop(process, timeout_s=15)
     return {
         "items": len(model.item_ids),
         "dim": model.dim,

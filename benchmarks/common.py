@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import coldstart
 import numpy as np
@@ -109,10 +110,24 @@ def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float]:
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (its threads included), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(*pids: int) -> float:
+    """User plus system CPU time of processes (their threads included), from /proc."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def stop(process: subprocess.Popen[Any], timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within `timeout_s`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def rss_mib(pid: int) -> float:

@@ -1,9 +1,11 @@
 """The trained model as the service uses it: id maps, batched adaptation, top-k.
 
-The service never re-implements the math: adaptation is the trainer's own
-`inner_loop`, started from the model's own initialisation, and scoring is
-`trainer.adapt.scores`. This module only translates between the raw ids and
-feature values of the outside world and the model's tensor indices.
+The service never re-implements the adaptation: it is the trainer's own
+`inner_loop`, started from the model's own initialisation. Scoring one user is
+u . v_i + b_i on numpy views of the same item tables (see `ServingModel.__init__`
+for why not torch); the consumer's batched scoring is `trainer.adapt.scores`.
+Otherwise this module only translates between the raw ids and feature values of
+the outside world and the model's tensor indices.
 """
 
 from __future__ import annotations
