@@ -110,7 +110,7 @@ def _gradient(
     grad = terms.count * (probs @ items.vectors) - terms.positives
     if rating_weight:
         w = terms.rating_vectors  # (B, S, d)
-        predicted = torch.bmm(w, users.unsqueeze(-1)).squeeze(-1)  # (B, S): u . w_s
+        predicted = (w @ users.unsqueeze(-1)).squeeze(-1)  # (B, S): u . w_s
         error = terms.rated * (predicted + terms.rating_offsets)  # (B, S)
         grad = grad + 2 * rating_weight * torch.bmm(error.unsqueeze(1), w).squeeze(1)
     return grad
@@ -123,7 +123,10 @@ def inner_loop(
     rule: InnerRule,
     first_order: bool = False,
 ) -> torch.Tensor:
-    """K steps from the initial vectors (B, d); returns the adapted vectors (B, d).
+    """K steps from the initial vectors; returns the adapted vectors (B, d).
+
+    `initial` is (B, d), or (1, d) when every user starts from the same vector: the
+    first step's scores and softmax are then computed once, not once per user.
 
     first_order drops the second-order terms (the inner gradients are treated
     as constants), as in first-order MAML.

@@ -35,6 +35,15 @@ def test_batched_inner_loop_equals_per_user_loop() -> None:
     )
 
 
+def test_one_shared_start_equals_that_start_repeated() -> None:
+    users, items, support = random_problem(n_users=8, n_support=6, n_items=40, dim=8)
+    shared = users[:1]  # (1, d): the service's start for users without side features
+    torch.testing.assert_close(
+        inner_loop(shared, items, support, _rule(8)),
+        inner_loop(shared.expand(8, -1), items, support, _rule(8)),
+    )
+
+
 def test_empty_support_keeps_the_prior_and_evidence_scales_the_step() -> None:
     users, items, support = random_problem(n_users=4, n_support=5, n_items=20, dim=6)
     support.mask[0] = 0
