@@ -293,6 +293,40 @@ def test_replay_produces_test_users_events_in_protocol_order(
         assert by_user[data.user_ids[int(user)]] == expected
 
 
+class Hits(NoopObserver):
+    def __init__(self) -> None:
+        self.judged: list[bool] = []
+
+    def on_hit(self, hit: bool) -> None:
+        self.judged.append(hit)
+
+
+def test_online_hits_are_judged_on_the_current_top_k_for_a_sample_of_users(
+    model: ServingModel, stack: LocalStack
+) -> None:
+    store = UserStore.from_url(stack.redis_url)
+    observer = Hits()
+    applier = EventApplier(model, store, observer, hit_k=3, hit_sample=2)
+    cold = [item for item, _ in model.top_k(model.prior.numpy(), len(model.item_ids))]
+    first = [SourcedEvent(0, 0, event("hits-a", 0, cold[0]))]  # a new user's best item: a hit
+    first.append(SourcedEvent(0, 1, event("hits-b", 1, cold[-1])))  # their worst: a miss
+    applier.apply(first)
+    assert sorted(observer.judged) == [False, True]
+
+    # Judged against the stored vector, with the user's seen items left out of its top-k.
+    stored = store.get("hits-a")
+    best = model.top_k(stored.vector, 3, exclude=stored.item_indices(model.item_index))
+    observer.judged.clear()
+    applier.apply([SourcedEvent(0, 2, event("hits-a", 2, best[-1][0]))])
+    applier.apply([SourcedEvent(0, 3, event("hits-a", 3, cold[0]))])  # seen: not in the top-k
+    assert observer.judged == [True, False]
+
+    observer.judged.clear()
+    applier.apply([SourcedEvent(0, 4 + n, event(f"hits-{n}", 4 + n, cold[0])) for n in range(5)])
+    assert len(observer.judged) == 2  # five users touched, two judged
+    store.close()
+
+
 def test_history_is_bounded_to_the_newest_events(model: ServingModel, stack: LocalStack) -> None:
     store = UserStore.from_url(stack.redis_url, history_limit=5)
     applier = EventApplier(model, store)
