@@ -11,7 +11,6 @@ the outside world and the model's tensor indices.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,11 +25,10 @@ class UnknownFeatureError(ColdstartError):
     """A request named a side feature the model does not know."""
 
 
-class Interaction(NamedTuple):
-    """One applied event, as re-adaptation needs it (a NamedTuple: fifty per touched user)."""
-
-    item: int  # item index in this model's catalogue
-    rating: float | None  # the rating of a rating event, None for clicks, views, purchases
+# One applied event as re-adaptation needs it: (item index in this model's catalogue, the
+# rating of a rating event or None). A plain tuple: the consumer builds fifty per touched
+# user, and a NamedTuple's constructor costs nine times a tuple display.
+Interaction = tuple[int, float | None]
 
 
 class ServingModel:
@@ -97,16 +95,25 @@ class ServingModel:
         """Re-adapts every user from the initialisation on its whole history, in one batched
         call: (B, d). Starting from the initialisation each time (not from the stored vector)
         makes the result a function of the history alone, so replays and restarts agree."""
-        width = max((len(h) for h in histories), default=0) or 1
-        pad = [Interaction(0, None)] * width
-        rows = [list(h) + pad[len(h) :] for h in histories]
-        items = torch.tensor([[e.item for e in row] for row in rows], dtype=torch.long)  # (B, S)
-        mask = torch.tensor([[1.0] * len(h) + [0.0] * (width - len(h)) for h in histories])
-        rated = torch.tensor([[float(e.rating is not None) for e in row] for row in rows])
-        ratings = torch.tensor([[e.rating or 0.0 for e in row] for row in rows])
-        support = Support(items, mask, ratings, rated, features)
+        lengths = np.array([len(h) for h in histories], dtype=np.intp)
+        mask = np.arange(max(lengths.max(initial=0), 1)) < lengths[:, None]  # (B, S)
+        flat = [event for history in histories for event in history]
+        items = np.zeros(mask.shape, np.int64)
+        items[mask] = [item for item, _ in flat]
+        given = [rating for _, rating in flat]
+        rated = np.zeros(mask.shape, np.float32)
+        rated[mask] = [rating is not None for rating in given]
+        ratings = np.zeros(mask.shape, np.float32)
+        ratings[mask] = [rating or 0.0 for rating in given]
+        support = Support(
+            *(torch.from_numpy(a) for a in (items, mask.astype(np.float32), ratings, rated)),
+            features,
+        )
+        # Users without side features all start at the prior: one shared (1, d) start
+        # spares the first step's catalogue scoring for each of them.
+        initial = self.initial(features) if features.any() else self.prior.unsqueeze(0)
         with torch.no_grad():
-            return inner_loop(self.initial(features), self.tables, support, self.rule)
+            return inner_loop(initial, self.tables, support, self.rule)
 
     def scores(self, vector: np.ndarray) -> np.ndarray:
         """(d,) -> (I,) float32 scores over the catalogue: one matrix-vector product."""

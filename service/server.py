@@ -196,7 +196,7 @@ def _vector(model: ServingModel, record: UserRecord) -> tuple[np.ndarray, list[i
     interactions = record.interactions(model.item_index)
     no_features = torch.zeros(1, len(model.feature_names), dtype=torch.long)
     vector = model.adapt([interactions], no_features)[0].numpy()
-    return vector, [interaction.item for interaction in interactions]
+    return vector, [item for item, _ in interactions]
 
 
 @dataclass

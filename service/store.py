@@ -101,7 +101,7 @@ class UserRecord:
     def interactions(self, item_index: Mapping[str, int]) -> list[Interaction]:
         """The history as a model's interactions; items that model does not know are skipped."""
         return [
-            Interaction(item_index[item_id], rating)
+            (item_index[item_id], rating)
             for item_id, rating in self.history
             if item_id in item_index
         ]
@@ -112,24 +112,30 @@ def user_key(user_id: str) -> str:
     return f"{KEY_PREFIX}{{{user_id}}}"
 
 
+# Entries repeat (a catalogue's items times a few ratings) and the consumer encodes and
+# decodes fifty per touched user: each entry's text form is computed once and cached.
+_ENTRY_CACHE = 2**16  # entries; bounded, since ratings are arbitrary floats
+
+
 def encode_history(history: Iterable[HistoryEntry]) -> bytes:
-    parts = []
-    for entry in history:
-        if entry.rating is None:
-            parts.append(entry.item_id)
-        else:
-            parts.append(f"{entry.item_id}{_UNIT_SEP}{_number(entry.rating)}")
-    return _RECORD_SEP.join(parts).encode()
+    return _RECORD_SEP.join(map(_encode_entry, history)).encode()
 
 
 def decode_history(raw: bytes) -> tuple[HistoryEntry, ...]:
-    if not raw:
-        return ()
-    entries = []
-    for part in raw.decode().split(_RECORD_SEP):
-        item_id, _, rating = part.partition(_UNIT_SEP)
-        entries.append(HistoryEntry(item_id, float(rating) if rating else None))
-    return tuple(entries)
+    return tuple(map(_decode_entry, raw.decode().split(_RECORD_SEP))) if raw else ()
+
+
+@functools.lru_cache(maxsize=_ENTRY_CACHE)
+def _encode_entry(entry: HistoryEntry) -> str:
+    if entry.rating is None:
+        return entry.item_id
+    return f"{entry.item_id}{_UNIT_SEP}{_number(entry.rating)}"
+
+
+@functools.lru_cache(maxsize=_ENTRY_CACHE)
+def _decode_entry(part: str) -> HistoryEntry:
+    item_id, _, rating = part.partition(_UNIT_SEP)
+    return HistoryEntry(item_id, float(rating) if rating else None)
 
 
 def encode_watermarks(watermarks: Mapping[int, int]) -> bytes:
@@ -197,7 +203,6 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@functools.lru_cache(maxsize=1024)  # ratings repeat (1 to 5 stars, halves at most)
 def _number(value: float) -> str:
     """Shortest decimal that reads back as the same float; "4" rather than "4.0"."""
     text = repr(float(value))
