@@ -139,4 +139,4 @@ def inner_loop(
         if first_order:
             grad = grad.detach()
         users = users - scale * (grad @ rule.preconditioner.T)
-    return users
+    return users.expand(len(scale), -1)  # (B, d) even when a shared start took no step

@@ -42,6 +42,7 @@ def test_one_shared_start_equals_that_start_repeated() -> None:
         inner_loop(shared, items, support, _rule(8)),
         inner_loop(shared.expand(8, -1), items, support, _rule(8)),
     )
+    assert inner_loop(shared, items, support, _rule(8, steps=0)).shape == (8, 8)
 
 
 def test_empty_support_keeps_the_prior_and_evidence_scales_the_step() -> None:
