@@ -157,7 +157,8 @@ class Metrics:
         )
         self.hit_checks = Counter(
             "coldstart_online_hit_checks",
-            "Events checked for the online hit rate: was the item in the user's top-k before?",
+            "Events checked for the online hit rate (a sample of at most 64 users per consumer "
+            "batch): was the item in the user's top-k before?",
             registry=r,
         )
         self.hits = Counter(
