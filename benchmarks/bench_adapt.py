@@ -19,6 +19,7 @@ import time
 import torch
 
 from trainer.adapt import InnerRule, ItemTables, inner_loop, support_loss
+from trainer.allocator import keep_large_blocks
 from trainer.split import Support
 
 
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    tuned = keep_large_blocks()  # as every coldstart entry point does (trainer.allocator)
     initial, items, support = random_problem(args.users, args.support, args.items, args.dim)
     rule = InnerRule(
         preconditioner=torch.eye(args.dim) + 0.01 * torch.randn(args.dim, args.dim),
@@ -103,6 +105,7 @@ def main() -> None:
                 "items": args.items,
                 "dim": args.dim,
                 "threads": torch.get_num_threads(),
+                "allocator_tuned": tuned,
                 "machine": platform.processor() or platform.machine(),
                 "users_per_s_batched": round(args.users / batched_s, 1),
                 "users_per_s_loop": round(args.users / loop_s, 1),

@@ -66,6 +66,7 @@ from service.store import UserStore, now_ms
 from service.stream import ConsumerConfig, EventConsumer, NoopObserver
 from service.topics import create_topic
 from trainer import artifact
+from trainer.allocator import keep_large_blocks
 
 TOPIC = "coldstart.bench.events"
 GROUP = "coldstart-bench"
@@ -113,6 +114,7 @@ class ReportingConsumer(EventConsumer):
 def run_consumer(args: argparse.Namespace) -> None:
     """`python -m service.stream`, plus the recording observer; dumps it to --out on SIGTERM."""
     torch.set_num_threads(args.torch_threads)
+    keep_large_blocks()  # as python -m service.stream does
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())

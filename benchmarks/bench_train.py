@@ -15,6 +15,7 @@ import platform
 
 import torch
 
+from trainer.allocator import keep_large_blocks
 from trainer.cli import resolve_device
 from trainer.data import load_dataset
 from trainer.episodes import make_context, rank_metrics
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--meta-steps", type=int, default=TrainConfig.meta_steps)
     args = parser.parse_args()
+    keep_large_blocks()  # as the coldstart command does
     device = resolve_device(args.device)
     data = load_dataset(args.data)
     ctx = make_context(data, args.seed, SUPPORT_SIZES, device)

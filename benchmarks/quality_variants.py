@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from common import DEFAULT_DATA
 
+from trainer.allocator import keep_large_blocks
 from trainer.baselines.mf import MatrixFactorisation
 from trainer.data import load_dataset
 from trainer.episodes import Context, ScoreFn, make_context, rank_metrics
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the user split")
     parser.add_argument("--variant", action="append", type=json.loads, default=[])
     args = parser.parse_args()
+    keep_large_blocks()  # as the coldstart command does
     ctx = make_context(load_dataset(args.data), args.seed, SUPPORT_SIZES, torch.device("cpu"))
     mf = MatrixFactorisation()
     mf.fit(ctx)

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from trainer.allocator import keep_large_blocks
 from trainer.cli import add_commands as add_trainer_commands
 from trainer.errors import ColdstartError
 
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python 3 is chatty at INFO
+    keep_large_blocks()  # every command adapts users in batches (trainer.allocator)
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0

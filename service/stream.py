@@ -46,6 +46,7 @@ from service.events import MAX_PAYLOAD_BYTES, Event, InvalidEvent, check_item, p
 from service.model import ServingModel
 from service.store import HistoryEntry, UserRecord, UserStore, bounded, now_ms
 from trainer.adapt import scores
+from trainer.allocator import keep_large_blocks
 from trainer.artifact import load
 from trainer.errors import ColdstartError
 
@@ -534,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
+    keep_large_blocks()
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",

@@ -1,0 +1,32 @@
+"""The allocator setting: the inner loop's freed score matrices are reused, not faulted in."""
+
+import platform
+import resource
+
+import pytest
+import torch
+
+from benchmarks.bench_adapt import random_problem
+from trainer.adapt import InnerRule, inner_loop
+from trainer.allocator import keep_large_blocks
+
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+
+
+def _faults_per_call(calls: int) -> float:
+    """Minor page faults per batched inner loop of 256 users over 3,706 items (as bench_adapt)."""
+    users, items, support = random_problem(n_users=256, n_support=20, n_items=3706, dim=64)
+    rule = InnerRule(torch.eye(64), torch.tensor(3.0), rating_weight=0.05, steps=5)
+    with torch.no_grad():
+        inner_loop(users, items, support, rule)  # the first call may grow the heap
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(calls):
+            inner_loop(users, items, support, rule)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+def test_the_inner_loops_large_blocks_are_reused() -> None:
+    assert keep_large_blocks()
+    # Each call frees and allocates (256, 3706) float matrices of 3.8 MB. Handed back to
+    # the kernel they fault in again: about 9,000 faults per call measured without this.
+    assert _faults_per_call(5) < 1000

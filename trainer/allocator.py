@@ -1,0 +1,29 @@
+"""Keeps glibc from handing the inner loop's score matrices back to the kernel every step.
+
+Why: a batched inner step allocates a few (users x catalogue) float matrices per
+step, 3.8 MB each for 256 users of ml-1m. glibc gives a freed block that large
+back to the kernel (it was mmapped, or the free space at the top of the heap
+passed the trim threshold), so the next step page-faults it in again, zeroed.
+On the project's 2-core machine that halved the batched step's speed
+(benchmarks/bench_adapt.py, 256 users: 11,500-12,000 users/s; 27,000 with the
+thresholds raised). Both thresholds are set because setting either one turns
+off glibc's adaptive choice of both. Process-wide, so entry points call it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers, <malloc.h>
+MMAP_THRESHOLD = 32 * 2**20  # blocks below this come from the heap: glibc's largest allowed
+TRIM_THRESHOLD = 256 * 2**20  # free bytes at the heap's top kept for reuse before trimming
+
+
+def keep_large_blocks() -> bool:
+    """Raises glibc's mmap and trim thresholds; False where the C library is not glibc."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    mapped = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    trimmed = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(mapped and trimmed)
