@@ -26,16 +26,11 @@ from common import DEFAULT_DATA
 from trainer.allocator import keep_large_blocks
 from trainer.baselines.mf import MatrixFactorisation
 from trainer.data import load_dataset
-from trainer.episodes import Context, ScoreFn, make_context, rank_metrics
+from trainer.episodes import make_context, validation_ndcg_by_k
 from trainer.model import ModelConfig
 from trainer.train import TrainConfig, meta_train, score_fn
 
 SUPPORT_SIZES = [0, 1, 3, 5, 10, 20]
-
-
-def per_k(scorer: ScoreFn, ctx: Context) -> dict[int, float]:
-    users = ctx.validation_users()
-    return {k: float(rank_metrics(scorer, ctx, users, k)[1].mean()) for k in ctx.support_sizes}
 
 
 def configs(overrides: dict) -> tuple[ModelConfig, TrainConfig]:
@@ -56,12 +51,12 @@ def main() -> None:
     ctx = make_context(load_dataset(args.data), args.seed, SUPPORT_SIZES, torch.device("cpu"))
     mf = MatrixFactorisation()
     mf.fit(ctx)
-    baseline = per_k(mf.scores, ctx)
+    baseline = validation_ndcg_by_k(mf.scores, ctx)
     print(json.dumps({"method": "mf_finetune", "valid_ndcg@20": baseline}), flush=True)
     for overrides in args.variant or [{}]:
         started = time.perf_counter()
         model, summary = meta_train(ctx, *configs(overrides), progress=False)
-        ndcg = per_k(score_fn(model), ctx)
+        ndcg = validation_ndcg_by_k(score_fn(model), ctx)
         gain = {k: round(100 * (v / baseline[k] - 1), 2) for k, v in ndcg.items()}
         report = {
             "method": "coldstart",

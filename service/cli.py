@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python 3 is chatty at INFO
-    keep_large_blocks()  # every command adapts users in batches (trainer.allocator)
+    keep_large_blocks()  # train, evaluate and serve's consumer adapt users in batches
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0

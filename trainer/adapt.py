@@ -139,4 +139,6 @@ def inner_loop(
         if first_order:
             grad = grad.detach()
         users = users - scale * (grad @ rule.preconditioner.T)
-    return users.expand(len(scale), -1)  # (B, d) even when a shared start took no step
+    if len(users) != len(scale):  # a shared start that took no step: (B, d), not a view of it
+        users = users.expand(len(scale), -1).clone()
+    return users

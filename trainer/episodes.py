@@ -97,11 +97,15 @@ def rank_metrics(
     return np.concatenate(recalls), np.concatenate(ndcgs)
 
 
+def validation_ndcg_by_k(score_fn: ScoreFn, ctx: Context) -> dict[int, float]:
+    """Mean NDCG@20 over validation users at each support size."""
+    users = ctx.validation_users()
+    return {k: float(rank_metrics(score_fn, ctx, users, k)[1].mean()) for k in ctx.support_sizes}
+
+
 def validation_ndcg(score_fn: ScoreFn, ctx: Context) -> float:
     """Mean NDCG@20 over validation users and every support size: the selection metric.
 
     k = 0 counts too, so a model cannot buy gains at k >= 1 with a worse zero-shot start.
     """
-    users = ctx.validation_users()
-    sizes = ctx.support_sizes
-    return float(np.mean([rank_metrics(score_fn, ctx, users, k)[1].mean() for k in sizes]))
+    return float(np.mean(list(validation_ndcg_by_k(score_fn, ctx).values())))

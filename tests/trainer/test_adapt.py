@@ -38,11 +38,12 @@ def test_batched_inner_loop_equals_per_user_loop() -> None:
 def test_one_shared_start_equals_that_start_repeated() -> None:
     users, items, support = random_problem(n_users=8, n_support=6, n_items=40, dim=8)
     shared = users[:1]  # (1, d): the service's start for users without side features
-    torch.testing.assert_close(
-        inner_loop(shared, items, support, _rule(8)),
-        inner_loop(shared.expand(8, -1), items, support, _rule(8)),
-    )
-    assert inner_loop(shared, items, support, _rule(8, steps=0)).shape == (8, 8)
+    adapted = inner_loop(shared, items, support, _rule(8))
+    torch.testing.assert_close(adapted, inner_loop(shared.expand(8, -1), items, support, _rule(8)))
+    expected = per_user_inner_loop(shared.expand(8, -1), items, support, _rule(8))
+    torch.testing.assert_close(adapted, expected, rtol=1e-4, atol=1e-5)
+    unmoved = inner_loop(shared, items, support, _rule(8, steps=0))
+    assert unmoved.shape == (8, 8) and unmoved.data_ptr() != shared.data_ptr()
 
 
 def test_empty_support_keeps_the_prior_and_evidence_scales_the_step() -> None:
