@@ -79,15 +79,17 @@ class ServingModel:
         )
 
     def initial(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, F) codes -> (B, d) zero-history vectors."""
+        """(B, F) codes -> zero-history vectors: (B, d), or the prior as one shared (1, d)
+        row when no user has a known feature, which spares inner_loop's first step the
+        catalogue scoring of each user."""
+        if not features.any():
+            return self.prior.unsqueeze(0)
         with torch.no_grad():
             return self._model.initial_users(features)
 
     def cold_vector(self, features: Mapping[str, str]) -> np.ndarray:
         """(d,) the vector of a user with no history, from their side features if any."""
-        codes = self.feature_codes(features)
-        vector = self.initial(codes.unsqueeze(0))[0] if codes.any() else self.prior
-        return vector.numpy()
+        return self.initial(self.feature_codes(features).unsqueeze(0))[0].numpy()
 
     def adapt(
         self, histories: Sequence[Sequence[Interaction]], features: torch.Tensor
@@ -109,11 +111,8 @@ class ServingModel:
             *(torch.from_numpy(a) for a in (items, mask.astype(np.float32), ratings, rated)),
             features,
         )
-        # Users without side features all start at the prior: one shared (1, d) start
-        # spares the first step's catalogue scoring for each of them.
-        initial = self.initial(features) if features.any() else self.prior.unsqueeze(0)
         with torch.no_grad():
-            return inner_loop(initial, self.tables, support, self.rule)
+            return inner_loop(self.initial(features), self.tables, support, self.rule)
 
     def scores(self, vector: np.ndarray) -> np.ndarray:
         """(d,) -> (I,) float32 scores over the catalogue: one matrix-vector product."""
