@@ -26,7 +26,7 @@ import torch
 
 import service
 from service.model import ServingModel
-from service.store import HistoryEntry, UserRecord, UserStore, now_ms
+from service.store import History, HistoryEntry, UserRecord, UserStore, now_ms
 from trainer import artifact
 from trainer.data import load_dataset
 from trainer.episodes import make_context
@@ -48,11 +48,11 @@ def built_model(data_dir: Path, out: Path, seed: int = 0) -> Path:
 
 def random_histories(
     item_ids: Sequence[str], users: int, length: int, seed: int = 0
-) -> list[tuple[HistoryEntry, ...]]:
+) -> list[History]:
     """`users` histories of `length` rating events on random catalogue items."""
     rng = random.Random(seed)
     return [
-        tuple(HistoryEntry(rng.choice(item_ids), float(rng.randint(1, 5))) for _ in range(length))
+        History(HistoryEntry(rng.choice(item_ids), float(rng.randint(1, 5))) for _ in range(length))
         for _ in range(users)
     ]
 
@@ -61,7 +61,7 @@ def seed_users(
     model: ServingModel,
     store: UserStore,
     user_ids: Sequence[str],
-    histories: Sequence[tuple[HistoryEntry, ...]],
+    histories: Sequence[History],
     batch: int = 500,
 ) -> None:
     """Adapts the users on their histories (the service's own batched call) and writes them

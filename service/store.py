@@ -29,9 +29,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import numpy as np
 import redis
@@ -88,7 +88,7 @@ class UserRecord:
 
     user_id: str
     vector: np.ndarray  # (d,) float32 adapted user vector
-    history: tuple[HistoryEntry, ...]  # bounded, newest last
+    history: History  # bounded, newest last
     model_version: str  # the model the vector was adapted under
     state_version: int  # grows by one with every write of this user
     watermarks: Mapping[int, int] = field(default_factory=dict)  # partition -> last applied offset
@@ -112,20 +112,72 @@ def user_key(user_id: str) -> str:
     return f"{KEY_PREFIX}{{{user_id}}}"
 
 
-# Entries repeat (a catalogue's items times a few ratings) and the consumer encodes and
-# decodes fifty per touched user: each entry's text form is computed once and cached.
+# Entries repeat (a catalogue's items times a few ratings) and the consumer decodes fifty
+# per touched user: each stored text's entry is computed once and cached.
 _ENTRY_CACHE = 2**16  # entries; bounded, since ratings are arbitrary floats
 
 
-def encode_history(history: Iterable[HistoryEntry]) -> bytes:
-    return _RECORD_SEP.join(map(_encode_entry, history)).encode()
+class History(Sequence[HistoryEntry]):
+    """A user's bounded recent history, newest last: the entries and, beside them, each
+    entry's stored text.
+
+    The consumer reads, extends and writes back fifty entries per touched user. Keeping
+    the text it read makes the write one join; encoding every entry again cost as much
+    as decoding it.
+    """
+
+    __slots__ = ("_parts", "entries")
+
+    def __init__(self, entries: Iterable[HistoryEntry] = ()) -> None:
+        self.entries = tuple(entries)
+        self._parts = tuple(map(_encode_entry, self.entries))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> History:
+        """ValueError or UnicodeDecodeError when `raw` is not an encoded history."""
+        parts = tuple(raw.decode().split(_RECORD_SEP)) if raw else ()
+        return cls._known(tuple(map(_decode_entry, parts)), parts)
+
+    @classmethod
+    def _known(cls, entries: tuple[HistoryEntry, ...], parts: tuple[str, ...]) -> History:
+        history = cls.__new__(cls)
+        history.entries, history._parts = entries, parts
+        return history
+
+    def encode(self) -> bytes:
+        return _RECORD_SEP.join(self._parts).encode()
+
+    def extended(self, entries: Iterable[HistoryEntry], limit: int) -> History:
+        """This history with `entries` appended, cut to the newest `limit`."""
+        added = History(entries)
+        keep = slice(-limit, None) if limit > 0 else slice(0, 0)
+        return History._known(
+            (self.entries + added.entries)[keep], (self._parts + added._parts)[keep]
+        )
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @overload
+    def __getitem__(self, index: int) -> HistoryEntry: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[HistoryEntry, ...]: ...
+    def __getitem__(self, index: int | slice) -> HistoryEntry | tuple[HistoryEntry, ...]:
+        return self.entries[index]
+
+    def __iter__(self) -> Iterator[HistoryEntry]:
+        return iter(self.entries)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, History) and self.entries == other.entries
+
+    def __hash__(self) -> int:
+        return hash(self.entries)
+
+    def __repr__(self) -> str:
+        return f"History({self.entries!r})"
 
 
-def decode_history(raw: bytes) -> tuple[HistoryEntry, ...]:
-    return tuple(map(_decode_entry, raw.decode().split(_RECORD_SEP))) if raw else ()
-
-
-@functools.lru_cache(maxsize=_ENTRY_CACHE)
 def _encode_entry(entry: HistoryEntry) -> str:
     if entry.rating is None:
         return entry.item_id
@@ -153,7 +205,7 @@ def encode_record(record: UserRecord) -> dict[str, bytes]:
     """The hash fields of a record; blobs are split into CHUNK-byte fields (see CHUNK)."""
     return {
         **_chunked(VECTOR, np.ascontiguousarray(record.vector, dtype="<f4").tobytes()),
-        **_chunked(HISTORY, encode_history(record.history)),
+        **_chunked(HISTORY, record.history.encode()),
         **_chunked(WATERMARK, encode_watermarks(record.watermarks)),
         MODEL: record.model_version.encode(),
         STATE: str(record.state_version).encode(),
@@ -168,7 +220,7 @@ def decode_record(user_id: str, fields: Mapping[bytes, bytes]) -> UserRecord:
         return UserRecord(
             user_id=user_id,
             vector=np.frombuffer(_joined(VECTOR, text), dtype="<f4").astype(np.float32),
-            history=decode_history(_joined(HISTORY, text)),
+            history=History.decode(_joined(HISTORY, text)),
             model_version=text[MODEL].decode(),
             state_version=int(text[STATE]),
             watermarks=decode_watermarks(_joined(WATERMARK, text)),
@@ -192,11 +244,6 @@ def _joined(name: str, fields: Mapping[str, bytes]) -> bytes:
     if not pieces:
         raise KeyError(f"{name}0")
     return b"".join(pieces)
-
-
-def bounded(history: Sequence[HistoryEntry], limit: int) -> tuple[HistoryEntry, ...]:
-    """The newest `limit` entries, newest last."""
-    return tuple(history[-limit:]) if limit > 0 else ()
 
 
 def now_ms() -> int:

@@ -44,7 +44,7 @@ from kafka.structs import OffsetAndMetadata
 from service import heap
 from service.events import MAX_PAYLOAD_BYTES, Event, InvalidEvent, check_item, parse_event
 from service.model import ServingModel
-from service.store import HistoryEntry, UserRecord, UserStore, bounded, now_ms
+from service.store import History, HistoryEntry, UserRecord, UserStore, now_ms
 from trainer.adapt import scores
 from trainer.allocator import keep_large_blocks
 from trainer.artifact import load
@@ -205,15 +205,17 @@ class EventApplier:
     def _history_record(self, user: str, update: _Update) -> UserRecord:
         """The user's next record, vector still to be computed: history and watermarks advanced."""
         stored = update.stored
-        history = stored.history if stored else ()
-        history += tuple(HistoryEntry(e.event.item_id, e.event.rating) for e in update.events)
+        added = (HistoryEntry(e.event.item_id, e.event.rating) for e in update.events)
+        history = (stored.history if stored else History()).extended(
+            added, self.store.history_limit
+        )
         marks = dict(stored.watermarks) if stored else {}
         for sourced in update.events:
             marks[sourced.partition] = max(marks.get(sourced.partition, -1), sourced.offset)
         return UserRecord(
             user_id=user,
             vector=stored.vector if stored else self.model.prior.numpy(),
-            history=bounded(history, self.store.history_limit),
+            history=history,
             model_version=self.model.version,
             state_version=(stored.state_version if stored else 0) + 1,
             watermarks=marks,

@@ -38,7 +38,7 @@ from service.app import Service, server_credentials
 from service.connections import kafka_options, redis_client
 from service.localstack import redis_server_binary
 from service.settings import Settings, SettingsError, resolve
-from service.store import UserRecord, UserStore
+from service.store import History, UserRecord, UserStore
 
 SECRET = "s3cret-Pa55word"
 SYSTEM_REDIS = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")  # built with TLS, maybe
@@ -222,7 +222,7 @@ def test_an_acl_user_reaches_its_own_keys_only(model_dir: Path, password_redis: 
     )
     client = redis_client(password_redis, 1.0, settings)
     store = UserStore(client)
-    record = UserRecord("acl-user", np.ones(8, np.float32), (), "m", 1)
+    record = UserRecord("acl-user", np.ones(8, np.float32), History(), "m", 1)
     assert store.put_many([record]) == {"acl-user"}
     assert store.get("acl-user") is not None
     with pytest.raises(redis.exceptions.NoPermissionError):

@@ -45,7 +45,7 @@ from service.server import (
     RecommenderServicer,
     start_server,
 )
-from service.store import HistoryEntry, UserRecord, UserStore
+from service.store import History, HistoryEntry, UserRecord, UserStore
 from service.topics import create_topic
 from trainer import artifact
 
@@ -122,7 +122,7 @@ def adapted_user(
     record = UserRecord(
         user_id=user_id,
         vector=rng.normal(size=model.dim).astype(np.float32),
-        history=tuple(HistoryEntry(item, 4.0 if n % 2 else None) for n, item in enumerate(items)),
+        history=History(HistoryEntry(item, 4.0 if n % 2 else None) for n, item in enumerate(items)),
         model_version=version or model.version,
         state_version=1,
         watermarks={0: 7},

@@ -21,14 +21,12 @@ from service.localstack import LocalStack, free_port, redis_server_binary
 from service.settings import Settings
 from service.store import (
     CHUNK,
+    History,
     HistoryEntry,
     UserRecord,
     UserStore,
-    bounded,
-    decode_history,
     decode_record,
     decode_watermarks,
-    encode_history,
     encode_record,
     encode_watermarks,
     user_key,
@@ -37,9 +35,9 @@ from service.store import (
 DIM = 64  # the default model size: the 1 KiB target is about this
 
 
-def history(n: int, rated: bool = True) -> tuple[HistoryEntry, ...]:
+def history(n: int, rated: bool = True) -> History:
     """n entries with MovieLens-like ids ("1".."3952") and ratings."""
-    return tuple(
+    return History(
         HistoryEntry(str(1000 + 37 * k % 2952), float(1 + k % 5) if rated else None)
         for k in range(n)
     )
@@ -78,9 +76,17 @@ def test_history_round_trips_exact_ratings_and_odd_ids() -> None:
         HistoryEntry("é 😀", 3.7),
         HistoryEntry("42", 0.1 + 0.2),
     )
-    assert decode_history(encode_history(entries)) == entries
-    assert decode_history(encode_history(())) == ()
-    assert encode_history(entries[:1]) == b"1193\x1f5"
+    assert History.decode(History(entries).encode()).entries == entries
+    assert History.decode(History().encode()) == History()
+    assert History(entries[:1]).encode() == b"1193\x1f5"
+
+
+def test_a_decoded_history_writes_back_the_text_it_read() -> None:
+    raw = b"7\x1f4.50\x1e8"  # "4.50" is not how this code writes 4.5
+    decoded = History.decode(raw)
+    assert decoded.entries == (HistoryEntry("7", 4.5), HistoryEntry("8", None))
+    assert decoded.encode() == raw
+    assert decoded.extended([HistoryEntry("9", 4.5)], 2).encode() == b"8\x1e9\x1f4.5"
 
 
 def test_watermarks_round_trip() -> None:
@@ -96,10 +102,11 @@ def test_a_record_round_trips_through_its_fields() -> None:
     assert_same(decode_record("u1", fields), original)
 
 
-def test_bounded_keeps_the_newest() -> None:
-    entries = history(60)
-    assert bounded(entries, 50) == entries[10:]
-    assert bounded(entries[:3], 50) == entries[:3]
+def test_extended_keeps_the_newest() -> None:
+    entries = history(60).entries
+    assert History(entries[:40]).extended(entries[40:], 50) == History(entries[10:])
+    assert History(entries[:3]).extended((), 50) == History(entries[:3])
+    assert History(entries[:3]).extended(entries[3:5], 0) == History()
 
 
 def test_the_key_carries_a_cluster_hash_tag() -> None:
@@ -108,7 +115,8 @@ def test_the_key_carries_a_cluster_hash_tag() -> None:
 
 def test_interactions_skip_items_the_model_lacks() -> None:
     entries = (HistoryEntry("a", None), HistoryEntry("gone", 2.0), HistoryEntry("b", 4.0))
-    kept = UserRecord("u", np.zeros(2, np.float32), entries, "m", 1).interactions({"a": 0, "b": 5})
+    stored = UserRecord("u", np.zeros(2, np.float32), History(entries), "m", 1)
+    kept = stored.interactions({"a": 0, "b": 5})
     assert kept == [(0, None), (5, 4.0)]
 
 

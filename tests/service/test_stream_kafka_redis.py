@@ -27,7 +27,7 @@ from service.events import Event, parse_event
 from service.localstack import LocalStack, free_port, redis_server_binary
 from service.model import ServingModel
 from service.replay import replay, replay_order
-from service.store import HistoryEntry, UserRecord, UserStore, now_ms
+from service.store import History, HistoryEntry, UserRecord, UserStore, now_ms
 from service.stream import ConsumerConfig, EventApplier, EventConsumer, NoopObserver, SourcedEvent
 from service.topics import create_topic
 from trainer import artifact
@@ -157,7 +157,7 @@ def test_events_reach_redis_invalid_ones_are_dead_lettered_and_a_replay_changes_
     store = UserStore.from_url(stack.redis_url)
     # A user stored under another model version, with a history and an item this model lacks.
     old = [HistoryEntry("i1", 4.0), HistoryEntry("retired", None), HistoryEntry("i2", None)]
-    store.put_many([UserRecord("old", np.ones(3, np.float32), tuple(old), "older-model", 7)])
+    store.put_many([UserRecord("old", np.ones(3, np.float32), History(old), "older-model", 7)])
 
     users = [f"user{n}" for n in range(6)] + ["old"]
     sent: dict[str, list[Event]] = {user: [] for user in users}
