@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 import service
+from service.history import History, HistoryEntry
 from service.model import ServingModel
-from service.store import History, HistoryEntry, UserRecord, UserStore, now_ms
+from service.store import UserRecord, UserStore, now_ms
 from trainer import artifact
 from trainer.data import load_dataset
 from trainer.episodes import make_context
@@ -73,7 +74,7 @@ def seed_users(
             for u, h in zip(ids, hist, strict=True)
         ]
         features = torch.zeros(len(records), len(model.feature_names), dtype=torch.long)
-        vectors = model.adapt([r.interactions(model.item_index) for r in records], features)
+        vectors = model.adapt([model.interactions(r.history) for r in records], features)
         written_at = now_ms()
         records = [
             replace(r, vector=v.numpy().copy(), updated_at_ms=written_at)

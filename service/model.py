@@ -10,11 +10,13 @@ the outside world and the model's tensor indices.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from service.history import History, Interaction, decode_entry
 from trainer.adapt import ItemTables, inner_loop
 from trainer.artifact import Artifact
 from trainer.errors import ColdstartError
@@ -25,10 +27,9 @@ class UnknownFeatureError(ColdstartError):
     """A request named a side feature the model does not know."""
 
 
-# One applied event as re-adaptation needs it: (item index in this model's catalogue, the
-# rating of a rating event or None). A plain tuple: the consumer builds fifty per touched
-# user, and a NamedTuple's constructor costs nine times a tuple display.
-Interaction = tuple[int, float | None]
+# Stored history parts whose interaction each model keeps: parts repeat (a catalogue's items
+# times a few ratings), and the cache is bounded since ratings are arbitrary floats.
+PART_CACHE = 2**16
 
 
 class ServingModel:
@@ -53,6 +54,7 @@ class ServingModel:
         # on numpy views of the same tables (shared memory, no copy).
         self._vectors = self.tables.vectors.numpy()
         self._bias = self.tables.bias.numpy()
+        self._interaction = functools.lru_cache(maxsize=PART_CACHE)(self._read_part)
 
     @property
     def dim(self) -> int:
@@ -77,6 +79,20 @@ class ServingModel:
             ],
             dtype=torch.long,
         )
+
+    def interactions(self, history: History) -> list[Interaction]:
+        """The history as this model's interactions; items it does not know are skipped.
+        HistoryError when a stored entry is unreadable."""
+        return [x for x in map(self._interaction, history.parts) if x is not None]
+
+    def seen(self, history: History) -> list[int]:
+        """The indices of the history's items this model knows."""
+        return [item for item, _ in self.interactions(history)]
+
+    def _read_part(self, part: str) -> Interaction | None:
+        item_id, rating = decode_entry(part)
+        index = self.item_index.get(item_id)
+        return None if index is None else (index, rating)
 
     def initial(self, features: torch.Tensor) -> torch.Tensor:
         """(B, F) codes -> zero-history vectors: (B, d), or the prior as one shared (1, d)

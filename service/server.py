@@ -38,6 +38,7 @@ from kafka.errors import KafkaError
 
 from service.errors import IngestUnavailable, InvalidRequest, StreamTooLong
 from service.events import MAX_ID_CHARS, Event, InvalidEvent, check_item, event_from_mapping
+from service.history import HistoryError
 from service.metrics import Metrics
 from service.model import ServingModel, UnknownFeatureError
 from service.store import StoreError, UserRecord
@@ -133,15 +134,15 @@ class Recommender:
         candidates = self._check(query, model)
         model.check_features(query.features)  # raises UnknownFeatureError
         record, state = self._read(query.user_id)
-        if record is None:
-            items = model.top_k(model.cold_vector(query.features), query.k, candidates=candidates)
-            self.metrics.on_response(state)
-            return Recommendation(items, model.version, state)
-        vector, known = _vector(model, record)
-        seen = () if query.include_seen else known
-        items = model.top_k(vector, query.k, exclude=seen, candidates=candidates)
-        self.metrics.on_response("adapted")
-        return Recommendation(items, model.version, "adapted", len(known), record.state_version)
+        if record is not None:
+            try:
+                return self._personal(query, model, record, candidates)
+            except HistoryError as error:  # one user's history is unreadable: the others are fine
+                logger.warning("user %r: answering from the prior: %s", query.user_id, error)
+                state = "degraded"
+        items = model.top_k(model.cold_vector(query.features), query.k, candidates=candidates)
+        self.metrics.on_response(state)
+        return Recommendation(items, model.version, state)
 
     def user_state(self, user_id: str) -> UserSummary:
         check_user_id(user_id)
@@ -156,6 +157,19 @@ class Recommender:
             record.model_version,
             record.updated_at_ms,
         )
+
+    def _personal(
+        self,
+        query: RecommendQuery,
+        model: ServingModel,
+        record: UserRecord,
+        candidates: list[int] | None,
+    ) -> Recommendation:
+        vector, known = _vector(model, record)
+        seen = () if query.include_seen else known
+        items = model.top_k(vector, query.k, exclude=seen, candidates=candidates)
+        self.metrics.on_response("adapted")
+        return Recommendation(items, model.version, "adapted", len(known), record.state_version)
 
     def _check(self, query: RecommendQuery, model: ServingModel) -> list[int] | None:
         """Validates the request; the candidates' item indices, None when unrestricted."""
@@ -192,8 +206,8 @@ def _vector(model: ServingModel, record: UserRecord) -> tuple[np.ndarray, list[i
     """The user's vector and the indices of their history items this model knows: the
     stored vector, or (a state from another model) one re-adapted from the history."""
     if record.model_version == model.version and record.vector.shape == (model.dim,):
-        return record.vector, record.item_indices(model.item_index)
-    interactions = record.interactions(model.item_index)
+        return record.vector, model.seen(record.history)
+    interactions = model.interactions(record.history)
     no_features = torch.zeros(1, len(model.feature_names), dtype=torch.long)
     vector = model.adapt([interactions], no_features)[0].numpy()
     return vector, [item for item, _ in interactions]

@@ -17,27 +17,22 @@ Why this shape (DESIGN.md, User state in Redis):
   a writer replaying old events, can never move a user backwards. All of a
   batch's scripts travel in one pipeline (one round trip).
 
-Encodings are compact but plain: the history is the item ids joined by the
-ASCII record separator, each optionally followed by the unit separator and the
-rating's shortest exact decimal form (event ids cannot contain control
-characters, see `service.events`); the watermark is "partition:offset" pairs
-joined by commas.
+Encodings are compact but plain: the history as `service.history` writes it;
+the watermark is "partition:offset" pairs joined by commas.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, overload
 
 import numpy as np
 import redis
 from redis.cluster import RedisCluster
 
-from service.model import Interaction
+from service.history import History
 from trainer.errors import ColdstartError
 
 logger = logging.getLogger(__name__)
@@ -47,7 +42,6 @@ HISTORY_LIMIT = 50  # events kept per user, newest last
 
 # Hash fields: one letter each, since field names are stored once per user.
 VECTOR, HISTORY, MODEL, STATE, WATERMARK, UPDATED = "v", "h", "m", "s", "w", "t"
-_RECORD_SEP, _UNIT_SEP = "\x1e", "\x1f"
 # Blob fields (vector, history, watermark) are split into fields of at most CHUNK bytes, so
 # that Redis keeps the whole hash in its compact ziplist/listpack encoding (values up to
 # hash-max-ziplist-value = 64 bytes by default): about half the memory of a hashtable.
@@ -74,14 +68,6 @@ class StoreError(ColdstartError):
     """A stored user record cannot be decoded; the message names the user and the field."""
 
 
-class HistoryEntry(NamedTuple):
-    """One applied interaction as stored: the raw item id survives model changes.
-    (A NamedTuple, not a dataclass: the consumer decodes fifty per touched user.)"""
-
-    item_id: str
-    rating: float | None  # the rating of a rating event, else None
-
-
 @dataclass(frozen=True)
 class UserRecord:
     """Everything stored for one user."""
@@ -94,100 +80,10 @@ class UserRecord:
     watermarks: Mapping[int, int] = field(default_factory=dict)  # partition -> last applied offset
     updated_at_ms: int = 0  # when the record was written
 
-    def item_indices(self, item_index: Mapping[str, int]) -> list[int]:
-        """The history's item indices in a model's catalogue; unknown items are skipped."""
-        return [item_index[item_id] for item_id, _ in self.history if item_id in item_index]
-
-    def interactions(self, item_index: Mapping[str, int]) -> list[Interaction]:
-        """The history as a model's interactions; items that model does not know are skipped."""
-        return [
-            (item_index[item_id], rating)
-            for item_id, rating in self.history
-            if item_id in item_index
-        ]
-
 
 def user_key(user_id: str) -> str:
     """The user's hash key; `{user_id}` is the Redis Cluster hash tag."""
     return f"{KEY_PREFIX}{{{user_id}}}"
-
-
-# Entries repeat (a catalogue's items times a few ratings) and the consumer decodes fifty
-# per touched user: each stored text's entry is computed once and cached.
-_ENTRY_CACHE = 2**16  # entries; bounded, since ratings are arbitrary floats
-
-
-class History(Sequence[HistoryEntry]):
-    """A user's bounded recent history, newest last: the entries and, beside them, each
-    entry's stored text.
-
-    The consumer reads, extends and writes back fifty entries per touched user. Keeping
-    the text it read makes the write one join; encoding every entry again cost as much
-    as decoding it.
-    """
-
-    __slots__ = ("_parts", "entries")
-
-    def __init__(self, entries: Iterable[HistoryEntry] = ()) -> None:
-        self.entries = tuple(entries)
-        self._parts = tuple(map(_encode_entry, self.entries))
-
-    @classmethod
-    def decode(cls, raw: bytes) -> History:
-        """ValueError or UnicodeDecodeError when `raw` is not an encoded history."""
-        parts = tuple(raw.decode().split(_RECORD_SEP)) if raw else ()
-        return cls._known(tuple(map(_decode_entry, parts)), parts)
-
-    @classmethod
-    def _known(cls, entries: tuple[HistoryEntry, ...], parts: tuple[str, ...]) -> History:
-        history = cls.__new__(cls)
-        history.entries, history._parts = entries, parts
-        return history
-
-    def encode(self) -> bytes:
-        return _RECORD_SEP.join(self._parts).encode()
-
-    def extended(self, entries: Iterable[HistoryEntry], limit: int) -> History:
-        """This history with `entries` appended, cut to the newest `limit`."""
-        added = History(entries)
-        keep = slice(-limit, None) if limit > 0 else slice(0, 0)
-        return History._known(
-            (self.entries + added.entries)[keep], (self._parts + added._parts)[keep]
-        )
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    @overload
-    def __getitem__(self, index: int) -> HistoryEntry: ...
-    @overload
-    def __getitem__(self, index: slice) -> tuple[HistoryEntry, ...]: ...
-    def __getitem__(self, index: int | slice) -> HistoryEntry | tuple[HistoryEntry, ...]:
-        return self.entries[index]
-
-    def __iter__(self) -> Iterator[HistoryEntry]:
-        return iter(self.entries)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, History) and self.entries == other.entries
-
-    def __hash__(self) -> int:
-        return hash(self.entries)
-
-    def __repr__(self) -> str:
-        return f"History({self.entries!r})"
-
-
-def _encode_entry(entry: HistoryEntry) -> str:
-    if entry.rating is None:
-        return entry.item_id
-    return f"{entry.item_id}{_UNIT_SEP}{_number(entry.rating)}"
-
-
-@functools.lru_cache(maxsize=_ENTRY_CACHE)
-def _decode_entry(part: str) -> HistoryEntry:
-    item_id, _, rating = part.partition(_UNIT_SEP)
-    return HistoryEntry(item_id, float(rating) if rating else None)
 
 
 def encode_watermarks(watermarks: Mapping[int, int]) -> bytes:
@@ -248,12 +144,6 @@ def _joined(name: str, fields: Mapping[str, bytes]) -> bytes:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _number(value: float) -> str:
-    """Shortest decimal that reads back as the same float; "4" rather than "4.0"."""
-    text = repr(float(value))
-    return text[:-2] if text.endswith(".0") else text
 
 
 class UserStore:

@@ -43,8 +43,9 @@ from kafka.structs import OffsetAndMetadata
 
 from service import heap
 from service.events import MAX_PAYLOAD_BYTES, Event, InvalidEvent, check_item, parse_event
+from service.history import History, HistoryEntry
 from service.model import ServingModel
-from service.store import History, HistoryEntry, UserRecord, UserStore, now_ms
+from service.store import UserRecord, UserStore, now_ms
 from trainer.adapt import scores
 from trainer.allocator import keep_large_blocks
 from trainer.artifact import load
@@ -184,7 +185,7 @@ class EventApplier:
     def _write(self, updates: Mapping[str, _Update]) -> set[str]:
         """Re-adapts every updated user in one call and writes them in one pipeline."""
         records = [self._history_record(user, update) for user, update in updates.items()]
-        histories = [record.interactions(self.model.item_index) for record in records]
+        histories = [self.model.interactions(record.history) for record in records]
         features = torch.zeros(len(records), len(self.model.feature_names), dtype=torch.long)
         started = time.perf_counter()
         vectors = self.model.adapt(histories, features).numpy()  # (B, d)
@@ -251,7 +252,7 @@ class EventApplier:
             ranked = scores(vectors, self.model.tables)  # (B, I)
         for row, (stored, _) in enumerate(judged):
             if stored is not None:
-                ranked[row, stored.item_indices(index)] = -torch.inf
+                ranked[row, self.model.seen(stored.history)] = -torch.inf
         top = torch.topk(ranked, min(self.hit_k, ranked.shape[1])).indices.tolist()
         for (_, item_id), best in zip(judged, top, strict=True):
             self.observer.on_hit(index[item_id] in best)

@@ -192,7 +192,7 @@ def test_two_replicas_share_the_partitions_and_a_killed_ones_are_taken_over(
         assert [(h.item_id, h.rating) for h in record.history] == produced, user
         partition, offset = last[user]
         assert dict(record.watermarks) == {partition: offset}, user
-    histories = [record.interactions(model.item_index) for record in stored.values()]
+    histories = [model.interactions(record.history) for record in stored.values()]
     features = torch.zeros(len(histories), len(model.feature_names), dtype=torch.long)
     expected = model.adapt(histories, features).numpy()
     actual = np.stack([record.vector for record in stored.values()])

@@ -36,9 +36,10 @@ from tiny_model import write_tiny_model
 
 from service.app import Service, server_credentials
 from service.connections import kafka_options, redis_client
+from service.history import History
 from service.localstack import redis_server_binary
 from service.settings import Settings, SettingsError, resolve
-from service.store import History, UserRecord, UserStore
+from service.store import UserRecord, UserStore
 
 SECRET = "s3cret-Pa55word"
 SYSTEM_REDIS = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")  # built with TLS, maybe

@@ -33,6 +33,7 @@ from kafka import KafkaConsumer, TopicPartition
 from tiny_model import write_tiny_model
 
 from service.app import serving_redis
+from service.history import History, HistoryEntry
 from service.localstack import LocalStack, free_port
 from service.metrics import Metrics
 from service.model import ServingModel
@@ -45,7 +46,7 @@ from service.server import (
     RecommenderServicer,
     start_server,
 )
-from service.store import History, HistoryEntry, UserRecord, UserStore
+from service.store import UserRecord, UserStore, user_key
 from service.topics import create_topic
 from trainer import artifact
 
@@ -213,11 +214,23 @@ def test_state_of_another_model_version_is_re_adapted_from_its_history(
 ) -> None:
     record = adapted_user(service, model, "old-model-user", model.item_ids[5:9], version="old")
     response = recommend(service, user_id="old-model-user", k=10)
-    adapted = model.adapt([record.interactions(model.item_index)], torch.zeros(1, 3).long())[0]
+    adapted = model.adapt([model.interactions(record.history)], torch.zeros(1, 3).long())[0]
     expected = model.top_k(adapted, 10, exclude=[5, 6, 7, 8])
     assert response.state == recommender_pb2.ADAPTED
     assert response.interactions_used == 4
     assert ids(response) == [item for item, _ in expected]
+
+
+def test_an_unreadable_stored_state_answers_degraded_from_the_prior(
+    service: Running, model: ServingModel
+) -> None:
+    adapted_user(service, model, "torn", model.item_ids[:2])
+    service.store.client.hset(user_key("torn"), "h0", f"{model.item_ids[0]}\x1ffour")
+    service.store.client.hset(user_key("no-vector"), mapping={"s": b"1"})
+    for user_id in ("torn", "no-vector"):
+        response = recommend(service, user_id=user_id, k=5)
+        assert response.state == recommender_pb2.DEGRADED
+        assert ids(response) == [item for item, _ in model.top_k(model.prior, 5)]
 
 
 @pytest.mark.parametrize(

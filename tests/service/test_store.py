@@ -17,12 +17,11 @@ import pytest
 import redis
 
 from service.connections import redis_client
+from service.history import History, HistoryEntry
 from service.localstack import LocalStack, free_port, redis_server_binary
 from service.settings import Settings
 from service.store import (
     CHUNK,
-    History,
-    HistoryEntry,
     UserRecord,
     UserStore,
     decode_record,
@@ -69,26 +68,6 @@ def assert_same(a: UserRecord, b: UserRecord) -> None:
 # Encodings
 
 
-def test_history_round_trips_exact_ratings_and_odd_ids() -> None:
-    entries = (
-        HistoryEntry("1193", 5.0),
-        HistoryEntry("i:9,x", None),
-        HistoryEntry("é 😀", 3.7),
-        HistoryEntry("42", 0.1 + 0.2),
-    )
-    assert History.decode(History(entries).encode()).entries == entries
-    assert History.decode(History().encode()) == History()
-    assert History(entries[:1]).encode() == b"1193\x1f5"
-
-
-def test_a_decoded_history_writes_back_the_text_it_read() -> None:
-    raw = b"7\x1f4.50\x1e8"  # "4.50" is not how this code writes 4.5
-    decoded = History.decode(raw)
-    assert decoded.entries == (HistoryEntry("7", 4.5), HistoryEntry("8", None))
-    assert decoded.encode() == raw
-    assert decoded.extended([HistoryEntry("9", 4.5)], 2).encode() == b"8\x1e9\x1f4.5"
-
-
 def test_watermarks_round_trip() -> None:
     marks = {0: 5, 12: 1_234_567_890}
     assert decode_watermarks(encode_watermarks(marks)) == marks
@@ -102,22 +81,8 @@ def test_a_record_round_trips_through_its_fields() -> None:
     assert_same(decode_record("u1", fields), original)
 
 
-def test_extended_keeps_the_newest() -> None:
-    entries = history(60).entries
-    assert History(entries[:40]).extended(entries[40:], 50) == History(entries[10:])
-    assert History(entries[:3]).extended((), 50) == History(entries[:3])
-    assert History(entries[:3]).extended(entries[3:5], 0) == History()
-
-
 def test_the_key_carries_a_cluster_hash_tag() -> None:
     assert user_key("42") == "coldstart:user:{42}"
-
-
-def test_interactions_skip_items_the_model_lacks() -> None:
-    entries = (HistoryEntry("a", None), HistoryEntry("gone", 2.0), HistoryEntry("b", 4.0))
-    stored = UserRecord("u", np.zeros(2, np.float32), History(entries), "m", 1)
-    kept = stored.interactions({"a": 0, "b": 5})
-    assert kept == [(0, None), (5, 4.0)]
 
 
 # Against a real redis-server

@@ -24,10 +24,11 @@ from tiny_model import write_tiny_model
 from waiting import eventually
 
 from service.events import Event, parse_event
+from service.history import History, HistoryEntry
 from service.localstack import LocalStack, free_port, redis_server_binary
 from service.model import ServingModel
 from service.replay import replay, replay_order
-from service.store import History, HistoryEntry, UserRecord, UserStore, now_ms
+from service.store import UserRecord, UserStore, now_ms
 from service.stream import ConsumerConfig, EventApplier, EventConsumer, NoopObserver, SourcedEvent
 from service.topics import create_topic
 from trainer import artifact
@@ -142,7 +143,7 @@ def dead_letters(stack: LocalStack, topic: str, expected: int) -> list:
 
 
 def assert_adapted_from_history(model: ServingModel, record: UserRecord) -> None:
-    histories = [record.interactions(model.item_index)]
+    histories = [model.interactions(record.history)]
     features = torch.zeros(1, len(model.feature_names), dtype=torch.long)
     expected = model.adapt(histories, features)[0].numpy()
     np.testing.assert_allclose(record.vector, expected, rtol=1e-5, atol=1e-6)
@@ -315,7 +316,7 @@ def test_online_hits_are_judged_on_the_current_top_k_for_a_sample_of_users(
 
     # Judged against the stored vector, with the user's seen items left out of its top-k.
     stored = store.get("hits-a")
-    best = model.top_k(stored.vector, 3, exclude=stored.item_indices(model.item_index))
+    best = model.top_k(stored.vector, 3, exclude=model.seen(stored.history))
     observer.judged.clear()
     applier.apply([SourcedEvent(0, 2, event("hits-a", 2, best[-1][0]))])
     applier.apply([SourcedEvent(0, 3, event("hits-a", 3, cold[0]))])  # seen: not in the top-k
