@@ -54,7 +54,10 @@ class ServingModel:
         # on numpy views of the same tables (shared memory, no copy).
         self._vectors = self.tables.vectors.numpy()
         self._bias = self.tables.bias.numpy()
-        self._interaction = functools.lru_cache(maxsize=PART_CACHE)(self._read_part)
+        # Bound to the id map, not to self: no reference cycle for a model swap to leave.
+        self._interaction = functools.lru_cache(maxsize=PART_CACHE)(
+            functools.partial(_read_part, self.item_index)
+        )
 
     @property
     def dim(self) -> int:
@@ -88,11 +91,6 @@ class ServingModel:
     def seen(self, history: History) -> list[int]:
         """The indices of the history's items this model knows."""
         return [item for item, _ in self.interactions(history)]
-
-    def _read_part(self, part: str) -> Interaction | None:
-        item_id, rating = decode_entry(part)
-        index = self.item_index.get(item_id)
-        return None if index is None else (index, rating)
 
     def initial(self, features: torch.Tensor) -> torch.Tensor:
         """(B, F) codes -> zero-history vectors: (B, d), or the prior as one shared (1, d)
@@ -158,3 +156,11 @@ class ServingModel:
             for i, s in zip(best.indices.tolist(), best.values.tolist(), strict=True)
             if s != -np.inf
         ]
+
+
+def _read_part(item_index: Mapping[str, int], part: str) -> Interaction | None:
+    """A stored history part as an interaction in the catalogue of `item_index`, or None
+    for an item it does not hold."""
+    item_id, rating = decode_entry(part)
+    index = item_index.get(item_id)
+    return None if index is None else (index, rating)
