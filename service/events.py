@@ -42,8 +42,9 @@ UNKNOWN_TYPE = "unknown_type"
 BAD_VALUE = "bad_value"
 BAD_TS = "bad_ts"
 UNKNOWN_ITEM = "unknown_item"
+UNREADABLE_STATE = "unreadable_state"  # a valid event whose user's stored state cannot be read
 REASONS = (EMPTY, TOO_LARGE, BAD_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, BAD_ID)
-REASONS += (UNKNOWN_TYPE, BAD_VALUE, BAD_TS, UNKNOWN_ITEM)
+REASONS += (UNKNOWN_TYPE, BAD_VALUE, BAD_TS, UNKNOWN_ITEM, UNREADABLE_STATE)
 
 
 class InvalidEvent(ColdstartError):

@@ -67,6 +67,10 @@ return 1
 class StoreError(ColdstartError):
     """A stored user record cannot be decoded; the message names the user and the field."""
 
+    def __init__(self, user_id: str, message: str) -> None:
+        super().__init__(message)
+        self.user_id = user_id
+
 
 @dataclass(frozen=True)
 class UserRecord:
@@ -123,7 +127,9 @@ def decode_record(user_id: str, fields: Mapping[bytes, bytes]) -> UserRecord:
             updated_at_ms=int(text[UPDATED]),
         )
     except (KeyError, ValueError, UnicodeDecodeError) as error:
-        raise StoreError(f"user {user_id!r}: stored record is unreadable ({error!r})") from None
+        raise StoreError(
+            user_id, f"user {user_id!r}: stored record is unreadable ({error!r})"
+        ) from None
 
 
 def _chunked(name: str, blob: bytes) -> dict[str, bytes]:

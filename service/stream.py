@@ -15,8 +15,10 @@ Why it is built this way (DESIGN.md, Events and the stream):
   in one pipeline of compare-and-set scripts.
 - Nothing stops the loop: an invalid record goes to the dead-letter topic
   (`<topic>.dlq`, the original bytes, headers `reason`, `detail`,
-  `source_partition`, `source_offset`); Redis or broker trouble rewinds to
-  the first uncommitted offsets and retries the batch with backoff.
+  `source_partition`, `source_offset`), and so do the events of a user whose
+  stored state cannot be read (reason `unreadable_state`), which no retry
+  could apply; Redis or broker trouble rewinds to the first uncommitted
+  offsets and retries the batch with backoff.
 
 `EventApplier` is the state logic (no Kafka in it); `EventConsumer` is the
 Kafka adapter around it. `python -m service.stream` runs one consumer process.
@@ -42,10 +44,17 @@ from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
 from service import heap
-from service.events import MAX_PAYLOAD_BYTES, Event, InvalidEvent, check_item, parse_event
-from service.history import History, HistoryEntry
+from service.events import (
+    MAX_PAYLOAD_BYTES,
+    UNREADABLE_STATE,
+    Event,
+    InvalidEvent,
+    check_item,
+    parse_event,
+)
+from service.history import History, HistoryEntry, HistoryError, Interaction
 from service.model import ServingModel
-from service.store import UserRecord, UserStore, now_ms
+from service.store import StoreError, UserRecord, UserStore, now_ms
 from trainer.adapt import scores
 from trainer.allocator import keep_large_blocks
 from trainer.artifact import load
@@ -152,7 +161,9 @@ class EventApplier:
         self.max_conflicts = max_conflicts  # compare-and-set retries per batch
 
     def apply(self, events: Sequence[SourcedEvent]) -> int:
-        """Applies the events; returns how many were new. Redis errors propagate."""
+        """Applies the events; returns how many were new. Redis errors propagate, and so
+        does the StoreError of a user whose stored state cannot be read (writes are
+        idempotent: the batch can be applied again without that user's events)."""
         pending = group_by_user(events)
         applied, first = 0, True
         for _ in range(self.max_conflicts + 1):
@@ -185,7 +196,7 @@ class EventApplier:
     def _write(self, updates: Mapping[str, _Update]) -> set[str]:
         """Re-adapts every updated user in one call and writes them in one pipeline."""
         records = [self._history_record(user, update) for user, update in updates.items()]
-        histories = [self.model.interactions(record.history) for record in records]
+        histories = [self._interactions(record) for record in records]
         features = torch.zeros(len(records), len(self.model.feature_names), dtype=torch.long)
         started = time.perf_counter()
         vectors = self.model.adapt(histories, features).numpy()  # (B, d)
@@ -202,6 +213,12 @@ class EventApplier:
             for sourced in events:
                 self.observer.on_freshness(max(0.0, (written_at - sourced.event.ts) / 1000))
         return written
+
+    def _interactions(self, record: UserRecord) -> list[Interaction]:
+        try:
+            return self.model.interactions(record.history)
+        except HistoryError as error:
+            raise StoreError(record.user_id, f"user {record.user_id!r}: {error}") from None
 
     def _history_record(self, user: str, update: _Update) -> UserRecord:
         """The user's next record, vector still to be computed: history and watermarks advanced."""
@@ -387,8 +404,7 @@ class EventConsumer:
     def process(self, records: Sequence[ConsumerRecord]) -> None:
         """Validate, dead-letter, apply, and only then commit; on failure rewind and back off."""
         try:
-            valid = self._validate(records)
-            self.applier.apply(valid)
+            self._apply(self._validate(records), records)
             self._flush_dead_letters()
         except (redis.RedisError, KafkaError, ConflictError) as error:
             if isinstance(error, redis.RedisError):
@@ -399,6 +415,23 @@ class EventConsumer:
         self._applied.update(_next_offsets(records))
         self.commit_applied()
         self._dead_lettered.clear()
+
+    def _apply(self, valid: list[SourcedEvent], records: Sequence[ConsumerRecord]) -> None:
+        """Applies the events. A user whose stored state cannot be read would fail every
+        retry of the batch (and every restart): their events go to the dead-letter topic,
+        to be replayed once the state is repaired or deleted, and the batch goes on."""
+        while True:
+            try:
+                self.applier.apply(valid)
+                return
+            except StoreError as error:
+                logger.error("dead-lettering the events of an unreadable user: %s", error)
+                unreadable = InvalidEvent(UNREADABLE_STATE, str(error))
+                source = {(r.partition, r.offset): r for r in records}
+                for sourced in valid:
+                    if sourced.event.user_id == error.user_id:
+                        self._dead_letter(source[sourced.partition, sourced.offset], unreadable)
+                valid = [s for s in valid if s.event.user_id != error.user_id]
 
     def commit_applied(self, partitions: Iterable[TopicPartition] | None = None) -> None:
         """Commit the offsets of applied records (all, or those of `partitions`)."""

@@ -23,12 +23,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from tiny_model import write_tiny_model
 from waiting import eventually
 
-from service.events import Event, parse_event
+from service.events import UNREADABLE_STATE, Event, parse_event
 from service.history import History, HistoryEntry
 from service.localstack import LocalStack, free_port, redis_server_binary
 from service.model import ServingModel
 from service.replay import replay, replay_order
-from service.store import UserRecord, UserStore, now_ms
+from service.store import UserRecord, UserStore, now_ms, user_key
 from service.stream import ConsumerConfig, EventApplier, EventConsumer, NoopObserver, SourcedEvent
 from service.topics import create_topic
 from trainer import artifact
@@ -217,6 +217,39 @@ def test_events_reach_redis_invalid_ones_are_dead_lettered_and_a_replay_changes_
     for user in users:
         assert again[user].state_version == stored[user].state_version
         assert again[user].updated_at_ms == stored[user].updated_at_ms
+    store.close()
+
+
+def test_events_of_a_user_whose_state_is_unreadable_are_dead_lettered_and_the_rest_applied(
+    stack: LocalStack, model: ServingModel, producer: KafkaProducer
+) -> None:
+    topic = "events.unreadable"
+    create_topic(stack.kafka_bootstrap, topic, PARTITIONS)
+    store = UserStore.from_url(stack.redis_url)
+    item = model.item_ids[0]
+    store.put_many([UserRecord("torn", np.ones(model.dim, np.float32), History(), "m", 1)])
+    store.client.hset(user_key("torn"), "h0", f"{item}\x1ffour")  # an unreadable rating
+    store.client.hset(user_key("gutted"), mapping={"s": b"1"})  # no vector, no history
+    users = ["torn", "gutted", "fine0", "fine1"]
+    for n in range(3):
+        for user in users:
+            send(producer, topic, user, event(user, n, model.item_ids[n]).to_json())
+
+    observer = Recorder()
+    with Running(consumer_for(model, stack.redis_url, stack, topic, "unreadable", observer)):
+        eventually(lambda: committed_everything(stack, topic, "unreadable"), 30, "all committed")
+    assert observer.counts["applied"] == 6
+    assert observer.dead == Counter({UNREADABLE_STATE: 6})
+    stored = store.get_many(["fine0", "fine1"])
+    assert [len(stored[user].history) for user in ("fine0", "fine1")] == [3, 3]
+    letters = dead_letters(stack, f"{topic}.dlq", 6)
+    assert sorted(r.key.decode() for r in letters) == ["gutted"] * 3 + ["torn"] * 3
+    for letter in letters:
+        headers = dict(letter.headers)
+        assert headers["reason"] == UNREADABLE_STATE.encode()
+        assert letter.key.decode().encode() in headers["detail"]
+    # The corrupt records are left as they were, for a person to repair.
+    assert store.client.hget(user_key("torn"), "h0") == f"{item}\x1ffour".encode()
     store.close()
 
 
