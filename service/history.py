@@ -16,6 +16,7 @@ fifth of the consumer's time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple, overload
 
@@ -41,54 +42,69 @@ class HistoryEntry(NamedTuple):
 
 
 class History(Sequence[HistoryEntry]):
-    """A user's recent history, newest last, held as its stored parts."""
+    """A user's recent history, newest last, held as its stored parts.
 
-    __slots__ = ("parts",)
+    Two histories are equal when their stored text is: "4.50" and "4.5" are different
+    parts for the same rating, and a History never equals a tuple of entries."""
+
+    __slots__ = ("_parts",)
 
     def __init__(self, entries: Iterable[HistoryEntry] = ()) -> None:
-        self.parts: tuple[str, ...] = tuple(map(encode_entry, entries))
+        self._parts = tuple(map(encode_entry, entries))
 
     @classmethod
     def decode(cls, raw: bytes) -> History:
         """UnicodeDecodeError when `raw` is not UTF-8; entries are checked when read."""
+        return cls._of(tuple(raw.decode().split(_RECORD_SEP)) if raw else ())
+
+    @classmethod
+    def _of(cls, parts: tuple[str, ...]) -> History:
         history = cls()
-        history.parts = tuple(raw.decode().split(_RECORD_SEP)) if raw else ()
-        return history
-
-    def encode(self) -> bytes:
-        return _RECORD_SEP.join(self.parts).encode()
-
-    def extended(self, entries: Iterable[HistoryEntry], limit: int) -> History:
-        """This history with `entries` appended, cut to the newest `limit`."""
-        history = History(entries)
-        history.parts = (self.parts + history.parts)[-limit:] if limit > 0 else ()
+        history._parts = parts
         return history
 
     @property
+    def parts(self) -> tuple[str, ...]:
+        """Each entry's stored text, oldest first."""
+        return self._parts
+
+    def encode(self) -> bytes:
+        return _RECORD_SEP.join(self._parts).encode()
+
+    def extended(self, entries: Iterable[HistoryEntry], limit: int) -> History:
+        """This history with `entries` appended, cut to the newest `limit`."""
+        parts = self._parts + History(entries)._parts
+        return self._of(parts[-limit:] if limit > 0 else ())
+
+    @property
     def entries(self) -> tuple[HistoryEntry, ...]:
-        return tuple(map(decode_entry, self.parts))
+        return tuple(self)
 
     def __len__(self) -> int:
-        return len(self.parts)
+        return len(self._parts)
 
     @overload
     def __getitem__(self, index: int) -> HistoryEntry: ...
     @overload
     def __getitem__(self, index: slice) -> tuple[HistoryEntry, ...]: ...
     def __getitem__(self, index: int | slice) -> HistoryEntry | tuple[HistoryEntry, ...]:
-        return self.entries[index]
+        if isinstance(index, slice):
+            return tuple(map(decode_entry, self._parts[index]))
+        return decode_entry(self._parts[index])
 
     def __iter__(self) -> Iterator[HistoryEntry]:
-        return map(decode_entry, self.parts)
+        return map(decode_entry, self._parts)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, History) and self.parts == other.parts
+        if not isinstance(other, History):
+            return NotImplemented
+        return self._parts == other._parts
 
     def __hash__(self) -> int:
-        return hash(self.parts)
+        return hash(self._parts)
 
-    def __repr__(self) -> str:
-        return f"History({self.entries!r})"
+    def __repr__(self) -> str:  # the parts, not the entries: a corrupt one must still print
+        return f"History.decode({self.encode()!r})"
 
 
 def encode_entry(entry: HistoryEntry) -> str:
@@ -98,11 +114,17 @@ def encode_entry(entry: HistoryEntry) -> str:
 
 
 def decode_entry(part: str) -> HistoryEntry:
-    item_id, _, rating = part.partition(_UNIT_SEP)
+    """HistoryError for a rating that is not a finite number (this code writes none)."""
+    item_id, _, text = part.partition(_UNIT_SEP)
+    if not text:
+        return HistoryEntry(item_id, None)
     try:
-        return HistoryEntry(item_id, float(rating) if rating else None)
+        rating = float(text)
     except ValueError:
-        raise HistoryError(f"history entry {part!r} has an unreadable rating") from None
+        rating = math.nan
+    if not math.isfinite(rating):
+        raise HistoryError(f"history entry {part!r} has an unreadable rating")
+    return HistoryEntry(item_id, rating)
 
 
 def _number(value: float) -> str:

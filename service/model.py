@@ -88,10 +88,6 @@ class ServingModel:
         HistoryError when a stored entry is unreadable."""
         return [x for x in map(self._interaction, history.parts) if x is not None]
 
-    def seen(self, history: History) -> list[int]:
-        """The indices of the history's items this model knows."""
-        return [item for item, _ in self.interactions(history)]
-
     def initial(self, features: torch.Tensor) -> torch.Tensor:
         """(B, F) codes -> zero-history vectors: (B, d), or the prior as one shared (1, d)
         row when no user has a known feature, which spares inner_loop's first step the
@@ -164,3 +160,7 @@ def _read_part(item_index: Mapping[str, int], part: str) -> Interaction | None:
     item_id, rating = decode_entry(part)
     index = item_index.get(item_id)
     return None if index is None else (index, rating)
+
+
+def item_indices(interactions: Sequence[Interaction]) -> list[int]:
+    return [item for item, _ in interactions]

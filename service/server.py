@@ -40,7 +40,7 @@ from service.errors import IngestUnavailable, InvalidRequest, StreamTooLong
 from service.events import MAX_ID_CHARS, Event, InvalidEvent, check_item, event_from_mapping
 from service.history import HistoryError
 from service.metrics import Metrics
-from service.model import ServingModel, UnknownFeatureError
+from service.model import ServingModel, UnknownFeatureError, item_indices
 from service.store import StoreError, UserRecord
 
 logger = logging.getLogger(__name__)
@@ -206,11 +206,11 @@ def _vector(model: ServingModel, record: UserRecord) -> tuple[np.ndarray, list[i
     """The user's vector and the indices of their history items this model knows: the
     stored vector, or (a state from another model) one re-adapted from the history."""
     if record.model_version == model.version and record.vector.shape == (model.dim,):
-        return record.vector, model.seen(record.history)
+        return record.vector, item_indices(model.interactions(record.history))
     interactions = model.interactions(record.history)
     no_features = torch.zeros(1, len(model.feature_names), dtype=torch.long)
     vector = model.adapt([interactions], no_features)[0].numpy()
-    return vector, [item for item, _ in interactions]
+    return vector, item_indices(interactions)
 
 
 @dataclass

@@ -71,6 +71,10 @@ class StoreError(ColdstartError):
         super().__init__(message)
         self.user_id = user_id
 
+    @classmethod
+    def of(cls, user_id: str, error: Exception) -> StoreError:
+        return cls(user_id, f"user {user_id!r}: stored record is unreadable ({error!r})")
+
 
 @dataclass(frozen=True)
 class UserRecord:
@@ -127,9 +131,7 @@ def decode_record(user_id: str, fields: Mapping[bytes, bytes]) -> UserRecord:
             updated_at_ms=int(text[UPDATED]),
         )
     except (KeyError, ValueError, UnicodeDecodeError) as error:
-        raise StoreError(
-            user_id, f"user {user_id!r}: stored record is unreadable ({error!r})"
-        ) from None
+        raise StoreError.of(user_id, error) from None
 
 
 def _chunked(name: str, blob: bytes) -> dict[str, bytes]:

@@ -53,7 +53,7 @@ from service.events import (
     parse_event,
 )
 from service.history import History, HistoryEntry, HistoryError, Interaction
-from service.model import ServingModel
+from service.model import ServingModel, item_indices
 from service.store import StoreError, UserRecord, UserStore, now_ms
 from trainer.adapt import scores
 from trainer.allocator import keep_large_blocks
@@ -138,6 +138,8 @@ class _Update:
 
     stored: UserRecord | None
     events: list[SourcedEvent]  # new (above the watermark), in partition order
+    record: UserRecord  # the next record, its vector still to be computed
+    interactions: list[Interaction]  # the next record's history, as the model reads it
 
 
 class EventApplier:
@@ -162,8 +164,9 @@ class EventApplier:
 
     def apply(self, events: Sequence[SourcedEvent]) -> int:
         """Applies the events; returns how many were new. Redis errors propagate, and so
-        does the StoreError of a user whose stored state cannot be read (writes are
-        idempotent: the batch can be applied again without that user's events)."""
+        does the StoreError of a user whose stored state cannot be read, raised before
+        the batch's first write or hit judgement (and writes are idempotent): the batch
+        can be applied again without that user's events."""
         pending = group_by_user(events)
         applied, first = 0, True
         for _ in range(self.max_conflicts + 1):
@@ -190,13 +193,32 @@ class EventApplier:
             marks = record.watermarks if record else {}
             fresh = [e for e in events if e.offset > marks.get(e.partition, -1)]
             if fresh:
-                updates[user] = _Update(record, fresh)
+                updates[user] = self._update(user, record, fresh)
         return updates
+
+    def _update(self, user: str, stored: UserRecord | None, events: list[SourcedEvent]) -> _Update:
+        """The user's next record (history and watermarks advanced) and its interactions."""
+        added = (HistoryEntry(e.event.item_id, e.event.rating) for e in events)
+        history = (stored.history if stored else History()).extended(
+            added, self.store.history_limit
+        )
+        marks = dict(stored.watermarks) if stored else {}
+        for sourced in events:
+            marks[sourced.partition] = max(marks.get(sourced.partition, -1), sourced.offset)
+        record = UserRecord(
+            user_id=user,
+            vector=stored.vector if stored else self.model.prior.numpy(),
+            history=history,
+            model_version=self.model.version,
+            state_version=(stored.state_version if stored else 0) + 1,
+            watermarks=marks,
+        )
+        return _Update(stored, events, record, self._interactions(record))
 
     def _write(self, updates: Mapping[str, _Update]) -> set[str]:
         """Re-adapts every updated user in one call and writes them in one pipeline."""
-        records = [self._history_record(user, update) for user, update in updates.items()]
-        histories = [self._interactions(record) for record in records]
+        records = [update.record for update in updates.values()]
+        histories = [update.interactions for update in updates.values()]
         features = torch.zeros(len(records), len(self.model.feature_names), dtype=torch.long)
         started = time.perf_counter()
         vectors = self.model.adapt(histories, features).numpy()  # (B, d)
@@ -215,29 +237,11 @@ class EventApplier:
         return written
 
     def _interactions(self, record: UserRecord) -> list[Interaction]:
+        """The record's history as the model reads it; StoreError names an unreadable one."""
         try:
             return self.model.interactions(record.history)
         except HistoryError as error:
-            raise StoreError(record.user_id, f"user {record.user_id!r}: {error}") from None
-
-    def _history_record(self, user: str, update: _Update) -> UserRecord:
-        """The user's next record, vector still to be computed: history and watermarks advanced."""
-        stored = update.stored
-        added = (HistoryEntry(e.event.item_id, e.event.rating) for e in update.events)
-        history = (stored.history if stored else History()).extended(
-            added, self.store.history_limit
-        )
-        marks = dict(stored.watermarks) if stored else {}
-        for sourced in update.events:
-            marks[sourced.partition] = max(marks.get(sourced.partition, -1), sourced.offset)
-        return UserRecord(
-            user_id=user,
-            vector=stored.vector if stored else self.model.prior.numpy(),
-            history=history,
-            model_version=self.model.version,
-            state_version=(stored.state_version if stored else 0) + 1,
-            watermarks=marks,
-        )
+            raise StoreError.of(record.user_id, error) from None
 
     def _observe_hits(self, updates: Mapping[str, _Update]) -> None:
         """Online hit rate: was each user's first new event's item in their current top-k?
@@ -269,7 +273,7 @@ class EventApplier:
             ranked = scores(vectors, self.model.tables)  # (B, I)
         for row, (stored, _) in enumerate(judged):
             if stored is not None:
-                ranked[row, self.model.seen(stored.history)] = -torch.inf
+                ranked[row, item_indices(self._interactions(stored))] = -torch.inf
         top = torch.topk(ranked, min(self.hit_k, ranked.shape[1])).indices.tolist()
         for (_, item_id), best in zip(judged, top, strict=True):
             self.observer.on_hit(index[item_id] in best)
@@ -420,17 +424,19 @@ class EventConsumer:
         """Applies the events. A user whose stored state cannot be read would fail every
         retry of the batch (and every restart): their events go to the dead-letter topic,
         to be replayed once the state is repaired or deleted, and the batch goes on."""
+        source = {(r.partition, r.offset): r for r in records}
         while True:
             try:
                 self.applier.apply(valid)
                 return
             except StoreError as error:
+                lost = [s for s in valid if s.event.user_id == error.user_id]
+                if not lost:  # not a user of this batch: nothing to set aside
+                    raise
                 logger.error("dead-lettering the events of an unreadable user: %s", error)
                 unreadable = InvalidEvent(UNREADABLE_STATE, str(error))
-                source = {(r.partition, r.offset): r for r in records}
-                for sourced in valid:
-                    if sourced.event.user_id == error.user_id:
-                        self._dead_letter(source[sourced.partition, sourced.offset], unreadable)
+                for sourced in lost:
+                    self._dead_letter(source[sourced.partition, sourced.offset], unreadable)
                 valid = [s for s in valid if s.event.user_id != error.user_id]
 
     def commit_applied(self, partitions: Iterable[TopicPartition] | None = None) -> None:

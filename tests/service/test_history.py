@@ -47,16 +47,24 @@ def test_extended_keeps_the_newest() -> None:
     assert len(History(sixty).extended(sixty, 50)) == 50
 
 
+def test_entries_are_read_one_at_a_time_or_by_slice() -> None:
+    history = History(entries(5))
+    assert history[3] == entries(5)[3] and history[-1] == entries(5)[-1]
+    assert history[1:3] == entries(5)[1:3] and list(history) == list(entries(5))
+    assert history != entries(5) and history == History(entries(5))
+
+
 def test_interactions_skip_items_the_model_lacks(model: ServingModel) -> None:
     a, b = model.item_ids[0], model.item_ids[5]
     stored = History([HistoryEntry(a, None), HistoryEntry("gone", 2.0), HistoryEntry(b, 4.0)])
     assert model.interactions(stored) == [(0, None), (5, 4.0)]
-    assert model.seen(stored) == [0, 5]
 
 
-def test_an_unreadable_rating_is_a_clear_error(model: ServingModel) -> None:
-    broken = History.decode(f"{model.item_ids[0]}\x1ffour".encode())
-    with pytest.raises(HistoryError, match=r"x1ffour' has an unreadable rating"):
+@pytest.mark.parametrize("rating", ["four", "nan", "inf", "-inf", "1e999"])
+def test_an_unreadable_rating_is_a_clear_error(model: ServingModel, rating: str) -> None:
+    broken = History.decode(f"{model.item_ids[0]}\x1f{rating}".encode())
+    with pytest.raises(HistoryError, match=f"x1f{rating}' has an unreadable rating"):
         model.interactions(broken)
+    assert rating in repr(broken)  # a corrupt history still prints
     with pytest.raises(UnicodeDecodeError):
         History.decode(b"\xff")

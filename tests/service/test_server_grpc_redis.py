@@ -225,9 +225,11 @@ def test_an_unreadable_stored_state_answers_degraded_from_the_prior(
     service: Running, model: ServingModel
 ) -> None:
     adapted_user(service, model, "torn", model.item_ids[:2])
-    service.store.client.hset(user_key("torn"), "h0", f"{model.item_ids[0]}\x1ffour")
+    adapted_user(service, model, "torn-older", model.item_ids[:2], version="older")  # re-adapts
+    for user_id in ("torn", "torn-older"):
+        service.store.client.hset(user_key(user_id), "h0", f"{model.item_ids[0]}\x1ffour")
     service.store.client.hset(user_key("no-vector"), mapping={"s": b"1"})
-    for user_id in ("torn", "no-vector"):
+    for user_id in ("torn", "torn-older", "no-vector"):
         response = recommend(service, user_id=user_id, k=5)
         assert response.state == recommender_pb2.DEGRADED
         assert ids(response) == [item for item, _ in model.top_k(model.prior, 5)]

@@ -22,6 +22,7 @@ from service.localstack import LocalStack, free_port, redis_server_binary
 from service.settings import Settings
 from service.store import (
     CHUNK,
+    StoreError,
     UserRecord,
     UserStore,
     decode_record,
@@ -151,8 +152,9 @@ def test_a_user_with_50_events_takes_at_most_1_kib(store: UserStore) -> None:
 
 def test_an_unreadable_record_is_a_clear_error(store: UserStore) -> None:
     store.client.hset(user_key("broken"), mapping={"s": b"1"})
-    with pytest.raises(Exception, match="'broken': stored record is unreadable"):
+    with pytest.raises(StoreError, match="'broken': stored record is unreadable") as raised:
         store.get("broken")
+    assert raised.value.user_id == "broken"
 
 
 def test_redis_errors_propagate(redis_url: str) -> None:
