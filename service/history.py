@@ -73,7 +73,7 @@ class History(Sequence[HistoryEntry]):
 
     def extended(self, entries: Iterable[HistoryEntry], limit: int) -> History:
         """This history with `entries` appended, cut to the newest `limit`."""
-        parts = self._parts + History(entries)._parts
+        parts = self._parts + tuple(map(encode_entry, entries))
         return self._of(parts[-limit:] if limit > 0 else ())
 
     @property
