@@ -44,7 +44,8 @@ class Sequences:
 
 @dataclass(frozen=True)
 class Support:
-    """A batch of padded support sets: the input of the inner loop."""
+    """A batch of padded support sets: the input of the inner loop. S >= 1 (an empty
+    support set is one masked-out pad), as the inner loop's gathers need."""
 
     items: torch.Tensor  # (B, S) int64, padded with 0
     mask: torch.Tensor  # (B, S) float32, 1 for a real interaction
