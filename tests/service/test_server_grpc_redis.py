@@ -233,6 +233,10 @@ def test_an_unreadable_stored_state_answers_degraded_from_the_prior(
         response = recommend(service, user_id=user_id, k=5)
         assert response.state == recommender_pb2.DEGRADED
         assert ids(response) == [item for item, _ in model.top_k(model.prior, 5)]
+        state = service.stub.GetUserState(recommender_pb2.GetUserStateRequest(user_id=user_id))
+        assert state.state == recommender_pb2.DEGRADED
+    torn = service.stub.GetUserState(recommender_pb2.GetUserStateRequest(user_id="torn"))
+    assert (torn.history_length, torn.state_version) == (1, 1)  # the stored, corrupt entry
 
 
 @pytest.mark.parametrize(
