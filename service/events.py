@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -89,6 +90,8 @@ def parse_event(value: bytes | None) -> Event:
         document = json.loads(value)
     except (UnicodeDecodeError, ValueError) as error:
         raise InvalidEvent(BAD_JSON, f"not valid UTF-8 JSON: {error}") from None
+    except RecursionError:
+        raise InvalidEvent(BAD_JSON, "JSON nested too deeply to parse") from None
     return event_from_mapping(document)
 
 
@@ -136,11 +139,13 @@ def _string(document: Mapping, key: str) -> str:
     return value
 
 
-def _identifier(document: Mapping, key: str) -> str:
-    """A non-empty id of at most MAX_ID_CHARS printable characters.
+# Control characters are refused so stored histories can use them as separators; an
+# unpaired surrogate (JSON can escape one: "\udc80") is not text that Redis or Kafka can hold.
+_REFUSED_CHAR = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
-    Control characters are refused so stored histories can use them as separators.
-    """
+
+def _identifier(document: Mapping, key: str) -> str:
+    """A non-empty id of at most MAX_ID_CHARS characters, none of them refused."""
     value = _string(document, key)
     if not value:
         raise InvalidEvent(BAD_ID, f"{key} is empty")
@@ -148,8 +153,10 @@ def _identifier(document: Mapping, key: str) -> str:
         raise InvalidEvent(
             BAD_ID, f"{key} has {len(value)} characters, more than the limit of {MAX_ID_CHARS}"
         )
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
-        raise InvalidEvent(BAD_ID, f"{key} contains a control character")
+    refused = _REFUSED_CHAR.search(value)
+    if refused is not None:
+        what = "an unpaired surrogate" if refused.group() >= "\ud800" else "a control character"
+        raise InvalidEvent(BAD_ID, f"{key} contains {what}")
     return value
 
 
@@ -157,7 +164,10 @@ def _value(document: Mapping, event_type: str) -> float:
     value = document["value"]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidEvent(WRONG_TYPE, f"value must be a number, got {_json_type(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise InvalidEvent(BAD_VALUE, f"value {str(value)[:20]}... is too large") from None
     if not math.isfinite(value):
         raise InvalidEvent(BAD_VALUE, f"value must be finite, got {value}")
     low, high = RATING_RANGE

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service import events
 from service.events import Event, InvalidEvent, check_item, event_from_mapping, parse_event
@@ -54,6 +56,7 @@ def test_integers_are_accepted_as_values_and_extra_keys_ignored() -> None:
         (b"[1, 2]", events.NOT_OBJECT),
         (b'"text"', events.NOT_OBJECT),
         (b"x" * (events.MAX_PAYLOAD_BYTES + 1), events.TOO_LARGE),
+        pytest.param(b"[" * 5000, events.BAD_JSON, id="nested-too-deep"),  # RecursionError
     ],
 )
 def test_unreadable_records_are_refused(value: bytes | None, reason: str) -> None:
@@ -80,6 +83,8 @@ def test_a_missing_field_is_named(field: str) -> None:
         ({"user_id": ""}, events.BAD_ID),
         ({"event_id": "e" * 257}, events.BAD_ID),
         ({"item_id": "a\x1fb"}, events.BAD_ID),
+        ({"user_id": "a\udc80"}, events.BAD_ID),  # json.dumps escapes it; Redis could not hold it
+        ({"value": 10**400}, events.BAD_VALUE),  # float() raises OverflowError
         ({"type": "like"}, events.UNKNOWN_TYPE),
         ({"value": 11.0}, events.BAD_VALUE),
         ({"value": -0.5}, events.BAD_VALUE),
@@ -95,6 +100,35 @@ def test_nan_and_infinite_values_are_refused() -> None:
     for literal in (b"NaN", b"Infinity", b"1e999"):
         record = encoded(value=0).replace(b'"value": 0', b'"value": ' + literal)
         assert reason_of(record) == events.BAD_VALUE
+
+
+TEXT = st.text(st.characters(exclude_categories=()))  # unpaired surrogates included
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(st.dictionaries(st.sampled_from(events.FIELDS), JSON_VALUES, max_size=3))
+def test_any_json_fields_make_an_event_or_are_refused_with_a_reason(changes: dict) -> None:
+    """A record the consumer cannot survive would stop it on every restart (a poison pill)."""
+    document = {**GOOD, **changes}
+    try:
+        event = parse_event(json.dumps(document).encode())
+    except InvalidEvent as invalid:
+        assert invalid.reason in events.REASONS
+    else:
+        for text in (event.event_id, event.user_id, event.item_id):
+            text.encode()  # what Redis and Kafka are given
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_are_an_event_or_refused_with_a_reason(value: bytes) -> None:
+    try:
+        parse_event(value)
+    except InvalidEvent as invalid:
+        assert invalid.reason in events.REASONS
 
 
 def test_ids_of_exactly_the_limit_are_fine() -> None:
