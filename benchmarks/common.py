@@ -73,8 +73,7 @@ def seed_users(
             UserRecord(u, model.prior.numpy(), h, model.version, 1, {}, 0)
             for u, h in zip(ids, hist, strict=True)
         ]
-        features = torch.zeros(len(records), len(model.feature_names), dtype=torch.long)
-        vectors = model.adapt([model.interactions(r.history) for r in records], features)
+        vectors = model.adapt([model.interactions(r.history) for r in records])
         written_at = now_ms()
         records = [
             replace(r, vector=v.numpy().copy(), updated_at_ms=written_at)

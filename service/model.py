@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from service.history import History, Interaction, decode_entry
+from service.store import UserRecord
 from trainer.adapt import ItemTables, inner_loop
 from trainer.artifact import Artifact
 from trainer.errors import ColdstartError
@@ -83,30 +84,30 @@ class ServingModel:
             dtype=torch.long,
         )
 
+    def is_current(self, record: UserRecord) -> bool:
+        """Whether the record's vector was adapted under this model and can be scored as
+        stored; any other state is re-adapted from its history."""
+        return record.model_version == self.version and record.vector.shape == (self.dim,)
+
     def interactions(self, history: History) -> list[Interaction]:
         """The history as this model's interactions; items it does not know are skipped.
         HistoryError when a stored entry is unreadable."""
         return [x for x in map(self._interaction, history.parts) if x is not None]
 
-    def initial(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, F) codes -> zero-history vectors: (B, d), or the prior as one shared (1, d)
-        row when no user has a known feature, which spares inner_loop's first step the
-        catalogue scoring of each user."""
-        if not features.any():
-            return self.prior.unsqueeze(0)
-        with torch.no_grad():
-            return self._model.initial_users(features)
-
     def cold_vector(self, features: Mapping[str, str]) -> np.ndarray:
         """(d,) the vector of a user with no history, from their side features if any."""
-        return self.initial(self.feature_codes(features).unsqueeze(0))[0].numpy()
+        codes = self.feature_codes(features).unsqueeze(0)
+        if not codes.any():
+            return self.prior.numpy()
+        with torch.no_grad():
+            return self._model.initial_users(codes)[0].numpy()
 
-    def adapt(
-        self, histories: Sequence[Sequence[Interaction]], features: torch.Tensor
-    ) -> torch.Tensor:
+    def adapt(self, histories: Sequence[Sequence[Interaction]]) -> torch.Tensor:
         """Re-adapts every user from the initialisation on its whole history, in one batched
         call: (B, d). Starting from the initialisation each time (not from the stored vector)
-        makes the result a function of the history alone, so replays and restarts agree."""
+        makes the result a function of the history alone, so replays and restarts agree.
+        Events carry no side features, so every user starts from the one prior: inner_loop's
+        first step then scores the catalogue once for the whole batch."""
         lengths = np.array([len(h) for h in histories], dtype=np.intp)
         mask = np.arange(max(lengths.max(initial=0), 1)) < lengths[:, None]  # (B, S)
         flat = [event for history in histories for event in history]
@@ -117,12 +118,13 @@ class ServingModel:
         rated[mask] = [rating is not None for rating in given]
         ratings = np.zeros(mask.shape, np.float32)
         ratings[mask] = [rating or 0.0 for rating in given]
+        no_features = torch.zeros(len(histories), len(self._codes), dtype=torch.long)
         support = Support(
             *(torch.from_numpy(a) for a in (items, mask.astype(np.float32), ratings, rated)),
-            features,
+            no_features,
         )
         with torch.no_grad():
-            return inner_loop(self.initial(features), self.tables, support, self.rule)
+            return inner_loop(self.prior.unsqueeze(0), self.tables, support, self.rule)
 
     def scores(self, vector: np.ndarray) -> np.ndarray:
         """(d,) -> (I,) float32 scores over the catalogue: one matrix-vector product."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
@@ -28,8 +29,6 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
-import redis
-import torch
 from coldstart.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -41,7 +40,7 @@ from service.events import MAX_ID_CHARS, Event, InvalidEvent, check_item, event_
 from service.history import HistoryError
 from service.metrics import Metrics
 from service.model import ServingModel, UnknownFeatureError, item_indices
-from service.store import StoreError, UserRecord
+from service.store import REDIS_ERRORS, StoreError, UserRecord
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +191,7 @@ class Recommender:
         """The stored record (one Redis round trip) and the state kind when there is none."""
         try:
             record = self.store.get(user_id)
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             self.metrics.on_redis_error()
             logger.warning("Redis unavailable, answering from the prior: %s", error)
             return None, "degraded"
@@ -214,11 +213,10 @@ def _history_readable(model: ServingModel, record: UserRecord) -> bool:
 def _vector(model: ServingModel, record: UserRecord) -> tuple[np.ndarray, list[int]]:
     """The user's vector and the indices of their history items this model knows: the
     stored vector, or (a state from another model) one re-adapted from the history."""
-    if record.model_version == model.version and record.vector.shape == (model.dim,):
+    if model.is_current(record):
         return record.vector, item_indices(model.interactions(record.history))
     interactions = model.interactions(record.history)
-    no_features = torch.zeros(1, len(model.feature_names), dtype=torch.long)
-    vector = model.adapt([interactions], no_features)[0].numpy()
+    vector = model.adapt([interactions])[0].numpy()
     return vector, item_indices(interactions)
 
 
@@ -307,24 +305,28 @@ class KafkaEventSink:
         self.timeout_s = timeout_s
         self.client_options = dict(client_options or {})
         self._producer: KafkaProducer | None = None
+        # Concurrent first calls must share one producer: a second would leak, unflushed.
+        self._creating = threading.Lock()
 
     def _get(self) -> KafkaProducer:
-        if self._producer is None:
-            try:
-                self._producer = KafkaProducer(
-                    bootstrap_servers=self.bootstrap,
-                    client_id="coldstart-ingest",
-                    acks="all",
-                    linger_ms=2,
-                    max_block_ms=int(self.timeout_s * 1000),
-                    bootstrap_timeout_ms=int(self.timeout_s * 1000),  # default 30 s
-                    **self.client_options,
-                )
-            except KafkaError as error:
-                raise IngestUnavailable(
-                    f"cannot reach Kafka at {self.bootstrap}: {error}"
-                ) from None
-        return self._producer
+        with self._creating:
+            if self._producer is None:
+                self._producer = self._create()
+            return self._producer
+
+    def _create(self) -> KafkaProducer:
+        try:
+            return KafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                client_id="coldstart-ingest",
+                acks="all",
+                linger_ms=2,
+                max_block_ms=int(self.timeout_s * 1000),
+                bootstrap_timeout_ms=int(self.timeout_s * 1000),  # default 30 s
+                **self.client_options,
+            )
+        except KafkaError as error:
+            raise IngestUnavailable(f"cannot reach Kafka at {self.bootstrap}: {error}") from None
 
     def send(self, event: Event) -> Callable[[], None]:
         try:
@@ -406,9 +408,15 @@ def _rpc(method: str) -> Callable[[Handler], Handler]:
     return decorate
 
 
+# The JSON type of each EventType number. proto3 keeps a number it does not know (a newer
+# client's), which stays a number here, for the parser to reject as unknown_type.
+_EVENT_TYPES = {number: name.lower() for name, number in event_pb2.EventType.items()}
+_EVENT_TYPES[0] = "unspecified"
+
+
 def _event_document(event: event_pb2.Event) -> dict[str, Any]:
     """A protobuf Event as the JSON mapping the event parser checks."""
-    kind = event_pb2.EventType.Name(event.type).lower() if event.type else "unspecified"
+    kind = _EVENT_TYPES.get(event.type, str(event.type))
     return {
         "event_id": event.event_id,
         "user_id": event.user_id,

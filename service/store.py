@@ -31,11 +31,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from service.history import History
 from trainer.errors import ColdstartError
 
 logger = logging.getLogger(__name__)
+
+# What an unreachable Redis raises. A cluster client that finds no node answering raises
+# RedisClusterException, which redis-py does not derive from RedisError.
+REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
 KEY_PREFIX = "coldstart:user:"
 HISTORY_LIMIT = 50  # events kept per user, newest last
@@ -157,7 +162,7 @@ def now_ms() -> int:
 class UserStore:
     """Reads and compare-and-set writes of user records over a redis-py client.
 
-    Redis errors (`redis.RedisError`, e.g. ConnectionError) propagate: the
+    Redis errors (REDIS_ERRORS, e.g. ConnectionError) propagate: the
     caller decides whether to degrade (serving) or retry (the consumer).
     """
 

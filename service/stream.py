@@ -36,7 +36,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-import redis
 import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -54,7 +53,7 @@ from service.events import (
 )
 from service.history import History, HistoryEntry, HistoryError, Interaction
 from service.model import ServingModel, item_indices
-from service.store import StoreError, UserRecord, UserStore, now_ms
+from service.store import REDIS_ERRORS, StoreError, UserRecord, UserStore, now_ms
 from trainer.adapt import scores
 from trainer.allocator import keep_large_blocks
 from trainer.artifact import load
@@ -164,9 +163,9 @@ class EventApplier:
 
     def apply(self, events: Sequence[SourcedEvent]) -> int:
         """Applies the events; returns how many were new. Redis errors propagate, and so
-        does the StoreError of a user whose stored state cannot be read, raised before
-        the batch's first write or hit judgement (and writes are idempotent): the batch
-        can be applied again without that user's events."""
+        does the StoreError of a user whose stored state cannot be read: raised before the
+        first write (or, on a compare-and-set retry round, after writes that the watermarks
+        make idempotent), so the batch can be applied again without that user's events."""
         pending = group_by_user(events)
         applied, first = 0, True
         for _ in range(self.max_conflicts + 1):
@@ -219,9 +218,8 @@ class EventApplier:
         """Re-adapts every updated user in one call and writes them in one pipeline."""
         records = [update.record for update in updates.values()]
         histories = [update.interactions for update in updates.values()]
-        features = torch.zeros(len(records), len(self.model.feature_names), dtype=torch.long)
         started = time.perf_counter()
-        vectors = self.model.adapt(histories, features).numpy()  # (B, d)
+        vectors = self.model.adapt(histories).numpy()  # (B, d)
         self.observer.on_batch(len(records), time.perf_counter() - started)
         written_at = now_ms()
         records = [
@@ -247,36 +245,50 @@ class EventApplier:
         """Online hit rate: was each user's first new event's item in their current top-k?
 
         Only the first new event per user is judged, since later events of the batch
-        would be judged against a state that no longer is current. A state stored under
-        another model version has no current top-k under this model and is skipped.
+        would be judged against a state that no longer is current. A state without a
+        current top-k under this model (adapted under another version, or unreadable) is
+        skipped: the write may still repair it, and the batch must not fail for a metric.
         A random sample of at most `hit_sample` users per batch is judged: the rate is
         an estimate either way, and scoring every touched user's catalogue took a
         tenth of the consumer's time.
         """
-        judged = [
+        candidates = [
             (update.stored, update.events[0].event.item_id)
             for update in updates.values()
-            if update.stored is None or update.stored.model_version == self.model.version
+            if update.stored is None or self.model.is_current(update.stored)
         ]
-        if len(judged) > self.hit_sample:
-            judged = random.sample(judged, self.hit_sample)
+        if len(candidates) > self.hit_sample:
+            candidates = random.sample(candidates, self.hit_sample)
+        judged = [
+            (stored, item_id, seen)
+            for stored, item_id in candidates
+            if (seen := self._seen(stored)) is not None
+        ]
         if not judged:
             return
-        index = self.model.item_index
         vectors = torch.stack(
             [
                 torch.from_numpy(stored.vector) if stored is not None else self.model.prior
-                for stored, _ in judged
+                for stored, _, _ in judged
             ]
         )
         with torch.no_grad():
             ranked = scores(vectors, self.model.tables)  # (B, I)
-        for row, (stored, _) in enumerate(judged):
-            if stored is not None:
-                ranked[row, item_indices(self._interactions(stored))] = -torch.inf
+        for row, (_, _, seen) in enumerate(judged):
+            ranked[row, seen] = -torch.inf
         top = torch.topk(ranked, min(self.hit_k, ranked.shape[1])).indices.tolist()
-        for (_, item_id), best in zip(judged, top, strict=True):
+        index = self.model.item_index
+        for (_, item_id, _), best in zip(judged, top, strict=True):
             self.observer.on_hit(index[item_id] in best)
+
+    def _seen(self, stored: UserRecord | None) -> list[int] | None:
+        """The indices of the stored history's items; None when it cannot be read."""
+        if stored is None:
+            return []
+        try:
+            return item_indices(self.model.interactions(stored.history))
+        except HistoryError:
+            return None
 
 
 def group_by_user(events: Iterable[SourcedEvent]) -> dict[str, list[SourcedEvent]]:
@@ -410,8 +422,8 @@ class EventConsumer:
         try:
             self._apply(self._validate(records), records)
             self._flush_dead_letters()
-        except (redis.RedisError, KafkaError, ConflictError) as error:
-            if isinstance(error, redis.RedisError):
+        except (*REDIS_ERRORS, KafkaError, ConflictError) as error:
+            if isinstance(error, REDIS_ERRORS):
                 self.observer.on_redis_error()
             self._retry_later(records, error)
             return

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from tiny_model import write_tiny_model
 from waiting import eventually
@@ -193,7 +192,6 @@ def test_two_replicas_share_the_partitions_and_a_killed_ones_are_taken_over(
         partition, offset = last[user]
         assert dict(record.watermarks) == {partition: offset}, user
     histories = [model.interactions(record.history) for record in stored.values()]
-    features = torch.zeros(len(histories), len(model.feature_names), dtype=torch.long)
-    expected = model.adapt(histories, features).numpy()
+    expected = model.adapt(histories).numpy()
     actual = np.stack([record.vector for record in stored.values()])
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)

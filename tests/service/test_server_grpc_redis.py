@@ -157,8 +157,7 @@ def test_cold_user_with_features_is_conditioned_on_them(
     features = {name: "x" for name in model.feature_names}
     features[model.feature_names[0]] = next(iter(model._codes[0]))  # a known value
     response = recommend(service, user_id="newcomer", k=5, features=features)
-    codes = model.feature_codes(features).unsqueeze(0)
-    expected = model.top_k(model.initial(codes)[0], 5)
+    expected = model.top_k(model.cold_vector(features), 5)
     assert response.state == recommender_pb2.COLD
     assert ids(response) == [item for item, _ in expected]
 
@@ -214,7 +213,7 @@ def test_state_of_another_model_version_is_re_adapted_from_its_history(
 ) -> None:
     record = adapted_user(service, model, "old-model-user", model.item_ids[5:9], version="old")
     response = recommend(service, user_id="old-model-user", k=10)
-    adapted = model.adapt([model.interactions(record.history)], torch.zeros(1, 3).long())[0]
+    adapted = model.adapt([model.interactions(record.history)])[0]
     expected = model.top_k(adapted, 10, exclude=[5, 6, 7, 8])
     assert response.state == recommender_pb2.ADAPTED
     assert response.interactions_used == 4
@@ -327,6 +326,12 @@ def test_record_events_produces_valid_events_and_explains_rejections(
         "value": 4.0,
         "ts": 1_700_000_000_001,
     }
+
+
+def test_an_event_type_of_a_newer_api_version_is_a_rejection(service: Running) -> None:
+    response = service.stub.RecordEvents(iter([event(0, type=99)]), timeout=15)
+    assert (response.accepted, response.rejected) == (0, 1)
+    assert response.rejections[0].reason.startswith("type '99' is not one of")
 
 
 def test_record_events_caps_a_stream(service: Running) -> None:
@@ -501,3 +506,22 @@ def test_not_serving_after_shutdown_begins(model: ServingModel, stack: LocalStac
         health = health_pb2_grpc.HealthStub(svc.channel)
         answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_concurrent_first_ingest_calls_share_one_producer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second producer would leak, and its events would never be flushed."""
+    created = []
+
+    class SlowProducer:  # KafkaProducer's constructor blocks while it bootstraps
+        def __init__(self, **options: object) -> None:
+            time.sleep(0.2)
+            created.append(self)
+
+    monkeypatch.setattr("service.server.KafkaProducer", SlowProducer)
+    sink = KafkaEventSink("127.0.0.1:1", TOPIC)
+    callers = [threading.Thread(target=sink._get) for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(created) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from service.localstack import LocalStack, free_port, redis_server_binary
 from service.settings import Settings
 from service.store import (
     CHUNK,
+    REDIS_ERRORS,
     StoreError,
     UserRecord,
     UserStore,
@@ -130,7 +132,7 @@ def test_a_write_replaces_the_whole_record(store: UserStore) -> None:
     assert store.get("u1").history == history(2)
 
 
-def test_put_many_is_one_round_trip_for_many_users(store: UserStore) -> None:
+def test_put_many_and_get_many_serve_many_users_at_once(store: UserStore) -> None:
     records = [record(f"u{n}") for n in range(200)]
     assert store.put_many(records) == {f"u{n}" for n in range(200)}
     assert len(store.get_many(f"u{n}" for n in range(200))) == 200
@@ -166,15 +168,15 @@ def test_redis_errors_propagate(redis_url: str) -> None:
 # Against a real three-node Redis Cluster
 
 
-@pytest.fixture(scope="module")
-def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def running_cluster(work: Path) -> Iterator[tuple[str, list[subprocess.Popen]]]:
     """Three redis-server nodes in cluster mode, the 16384 slots split between them."""
     ports = [cluster_port() for _ in range(3)]
     processes = []
     for port in ports:
-        work = tmp_path_factory.mktemp(f"cluster-{port}")
+        (work / str(port)).mkdir()
         args = ["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
-        args += ["--save", "", "--appendonly", "no", "--dir", str(work)]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(work / str(port))]
         processes.append(subprocess.Popen([str(redis_server_binary()), *args]))
     try:
         nodes = [redis.Redis(port=port) for port in ports]
@@ -183,11 +185,17 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             node.execute_command("CLUSTER ADDSLOTS", *range(n * 16384 // 3, (n + 1) * 16384 // 3))
             node.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
         wait_until(lambda: all(node.cluster("info")["cluster_state"] == "ok" for node in nodes))
-        yield f"redis://127.0.0.1:{ports[0]}/0"
+        yield f"redis://127.0.0.1:{ports[0]}/0", processes
     finally:
         for process in processes:
             process.terminate()
             process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as (url, _):
+        yield url
 
 
 def cluster_port() -> int:
@@ -225,3 +233,18 @@ def test_the_store_works_unchanged_on_a_redis_cluster(cluster_url: str) -> None:
     per_node = [node.redis_connection.dbsize() for node in client.get_primaries()]
     assert len(per_node) == 3 and all(per_node), per_node  # users spread over every node
     store.close()
+
+
+def test_a_cluster_that_stops_answering_raises_a_redis_error(tmp_path: Path) -> None:
+    """What serving degrades on and the consumer retries on: REDIS_ERRORS, which a cluster
+    client with no node left to ask raises outside redis.RedisError."""
+    with running_cluster(tmp_path) as (url, processes):
+        client = redis_client(url, 0.5, Settings(model=Path("."), redis_cluster=True))
+        store = UserStore(client)
+        store.put_many([record("gone")])
+        for process in processes:
+            process.kill()
+            process.wait(timeout=10)
+        for read in (lambda: store.get("gone"), lambda: store.get_many(["gone", "other"])):
+            with pytest.raises(REDIS_ERRORS):  # here: RedisClusterException
+                read()

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from tiny_model import write_tiny_model
 from waiting import eventually
@@ -143,9 +142,7 @@ def dead_letters(stack: LocalStack, topic: str, expected: int) -> list:
 
 
 def assert_adapted_from_history(model: ServingModel, record: UserRecord) -> None:
-    histories = [model.interactions(record.history)]
-    features = torch.zeros(1, len(model.feature_names), dtype=torch.long)
-    expected = model.adapt(histories, features)[0].numpy()
+    expected = model.adapt([model.interactions(record.history)])[0].numpy()
     np.testing.assert_allclose(record.vector, expected, rtol=1e-5, atol=1e-6)
     assert record.model_version == model.version
 
@@ -360,6 +357,26 @@ def test_online_hits_are_judged_on_the_current_top_k_for_a_sample_of_users(
     observer.judged.clear()
     applier.apply([SourcedEvent(0, 4 + n, event(f"hits-{n}", 4 + n, cold[0])) for n in range(5)])
     assert len(observer.judged) == 2  # five users touched, two judged
+    store.close()
+
+
+def test_a_state_with_no_current_top_k_is_not_judged_and_its_write_repairs_it(
+    model: ServingModel, stack: LocalStack
+) -> None:
+    store = UserStore.from_url(stack.redis_url, history_limit=2)
+    observer = Hits()
+    applier = EventApplier(model, store, observer)
+    items, users = model.item_ids, ["short-vector", "torn-oldest"]
+    applier.apply([SourcedEvent(0, n, event(user, n, items[n])) for user in users for n in (0, 1)])
+    store.client.hset(user_key("short-vector"), "v0", b"\0" * 8)  # a 2-float vector
+    store.client.hset(user_key("torn-oldest"), "h0", f"{items[0]}\x1ffour\x1e{items[1]}")
+    observer.judged.clear()
+    assert applier.apply([SourcedEvent(0, 2, event(user, 2, items[2])) for user in users]) == 2
+    assert observer.judged == []
+    for user in users:
+        assert_adapted_from_history(model, store.get(user))
+    history = store.get("torn-oldest").history  # the unreadable entry was cut off
+    assert [entry.item_id for entry in history] == items[1:3]
     store.close()
 
 
