@@ -52,15 +52,30 @@ VECTOR, HISTORY, MODEL, STATE, WATERMARK, UPDATED = "v", "h", "m", "s", "w", "t"
 # hash-max-ziplist-value = 64 bytes by default): about half the memory of a hashtable.
 CHUNK = 64
 
-# KEYS[1]: the user's hash. ARGV[1]: the new state version; ARGV[2]: TTL in seconds (0: none);
-# ARGV[3..]: field, value pairs of the whole record. Returns 1 if written, 0 if not newer.
+# KEYS[1]: the user's hash. ARGV: the new state version, the TTL in seconds (0: none), the
+# chunk size, the number of blobs, (name, blob) pairs, then (field, value) pairs: what
+# encode_record gives. Each blob is stored as fields <name>0, <name>1, ... of at most a
+# chunk. Returns 1 if written, 0 if not newer. The script splits the blobs, not the client:
+# the client's cost of a command grows with its arguments (redis-py packs each one in
+# Python), and a split record is three times as many.
 _CAS_SCRIPT = """
 local stored = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
 if tonumber(ARGV[1]) <= stored then
   return 0
 end
+local fields, chunk, blobs = {}, tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 0, blobs - 1 do
+  local name, blob = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  for n = 0, math.max(1, math.ceil(#blob / chunk)) - 1 do
+    fields[#fields + 1] = name .. n
+    fields[#fields + 1] = string.sub(blob, n * chunk + 1, (n + 1) * chunk)
+  end
+end
+for i = 5 + 2 * blobs, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(fields))
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
@@ -110,46 +125,48 @@ def decode_watermarks(raw: bytes) -> dict[int, int]:
     return {int(partition): int(offset) for partition, offset in pairs}
 
 
-def encode_record(record: UserRecord) -> dict[str, bytes]:
-    """The hash fields of a record; blobs are split into CHUNK-byte fields (see CHUNK)."""
-    return {
-        **_chunked(VECTOR, np.ascontiguousarray(record.vector, dtype="<f4").tobytes()),
-        **_chunked(HISTORY, record.history.encode()),
-        **_chunked(WATERMARK, encode_watermarks(record.watermarks)),
-        MODEL: record.model_version.encode(),
-        STATE: str(record.state_version).encode(),
-        UPDATED: str(record.updated_at_ms).encode(),
-    }
+def encode_record(record: UserRecord) -> list[str | bytes]:
+    """The compare-and-set script's arguments after the state version and TTL: the blobs,
+    which the script splits into fields of at most CHUNK bytes, then the plain fields."""
+    return [
+        str(CHUNK),
+        "3",
+        VECTOR,
+        np.ascontiguousarray(record.vector, dtype="<f4").tobytes(),
+        HISTORY,
+        record.history.encode(),
+        WATERMARK,
+        encode_watermarks(record.watermarks),
+        MODEL,
+        record.model_version,
+        STATE,
+        str(record.state_version),
+        UPDATED,
+        str(record.updated_at_ms),
+    ]
 
 
 def decode_record(user_id: str, fields: Mapping[bytes, bytes]) -> UserRecord:
     """A record from its hash fields (as redis-py returns them, bytes keys)."""
     try:
-        text = {key.decode(): value for key, value in fields.items()}
         return UserRecord(
             user_id=user_id,
-            vector=np.frombuffer(_joined(VECTOR, text), dtype="<f4").astype(np.float32),
-            history=History.decode(_joined(HISTORY, text)),
-            model_version=text[MODEL].decode(),
-            state_version=int(text[STATE]),
-            watermarks=decode_watermarks(_joined(WATERMARK, text)),
-            updated_at_ms=int(text[UPDATED]),
+            vector=np.frombuffer(_joined(VECTOR, fields), dtype="<f4").astype(np.float32),
+            history=History.decode(_joined(HISTORY, fields)),
+            model_version=fields[MODEL.encode()].decode(),
+            state_version=int(fields[STATE.encode()]),
+            watermarks=decode_watermarks(_joined(WATERMARK, fields)),
+            updated_at_ms=int(fields[UPDATED.encode()]),
         )
     except (KeyError, ValueError, UnicodeDecodeError) as error:
         raise StoreError.of(user_id, error) from None
 
 
-def _chunked(name: str, blob: bytes) -> dict[str, bytes]:
-    """{name0: first CHUNK bytes, name1: next, ...}; an empty blob is one empty field."""
-    pieces = [blob[start : start + CHUNK] for start in range(0, len(blob), CHUNK)] or [b""]
-    return {f"{name}{n}": piece for n, piece in enumerate(pieces)}
-
-
-def _joined(name: str, fields: Mapping[str, bytes]) -> bytes:
-    """The blob `_chunked` split; KeyError when it is absent."""
+def _joined(name: str, fields: Mapping[bytes, bytes]) -> bytes:
+    """A blob from its fields <name>0, <name>1, ...; KeyError when it is absent."""
     pieces = []
-    while (key := f"{name}{len(pieces)}") in fields:
-        pieces.append(fields[key])
+    while (piece := fields.get(f"{name}{len(pieces)}".encode())) is not None:
+        pieces.append(piece)
     if not pieces:
         raise KeyError(f"{name}0")
     return b"".join(pieces)
@@ -217,9 +234,7 @@ class UserStore:
         pipe = self.client.pipeline(transaction=False)
         ttl = str(self.ttl_s or 0)
         for record in records:
-            fields = encode_record(record)
-            args = [str(record.state_version), ttl]
-            args += [part for pair in fields.items() for part in pair]
+            args = [str(record.state_version), ttl, *encode_record(record)]
             key = user_key(record.user_id)
             if self._cluster:
                 pipe.execute_command("EVAL", _CAS_SCRIPT, 1, key, *args)
