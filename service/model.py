@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from service.history import History, Interaction, decode_entry
+from service.history import History, HistoryError, Interaction, decode_entry
 from service.store import UserRecord
 from trainer.adapt import ItemTables, inner_loop
 from trainer.artifact import Artifact
@@ -93,6 +93,14 @@ class ServingModel:
         """The history as this model's interactions; items it does not know are skipped.
         HistoryError when a stored entry is unreadable."""
         return [x for x in map(self._interaction, history.parts) if x is not None]
+
+    def seen(self, history: History) -> list[int] | None:
+        """The indices of the history's items this model knows; None when an entry is
+        unreadable (then the user has no usable state: Recommend answers DEGRADED)."""
+        try:
+            return item_indices(self.interactions(history))
+        except HistoryError:
+            return None
 
     def cold_vector(self, features: Mapping[str, str]) -> np.ndarray:
         """(d,) the vector of a user with no history, from their side features if any."""

@@ -150,7 +150,7 @@ class Recommender:
             return UserSummary(user_id, state)
         return UserSummary(
             user_id,
-            "adapted" if _history_readable(self.model, record) else "degraded",
+            "adapted" if self.model.seen(record.history) is not None else "degraded",
             len(record.history),
             record.state_version,
             record.model_version,
@@ -199,15 +199,6 @@ class Recommender:
             logger.warning("answering from the prior: %s", error)
             return None, "degraded"
         return record, "cold"
-
-
-def _history_readable(model: ServingModel, record: UserRecord) -> bool:
-    """Whether Recommend can use the record: it answers from the prior when not."""
-    try:
-        model.interactions(record.history)
-    except HistoryError:
-        return False
-    return True
 
 
 def _vector(model: ServingModel, record: UserRecord) -> tuple[np.ndarray, list[int]]:

@@ -52,7 +52,7 @@ from service.events import (
     parse_event,
 )
 from service.history import History, HistoryEntry, HistoryError, Interaction
-from service.model import ServingModel, item_indices
+from service.model import ServingModel
 from service.store import REDIS_ERRORS, StoreError, UserRecord, UserStore, now_ms
 from trainer.adapt import scores
 from trainer.allocator import keep_large_blocks
@@ -262,7 +262,7 @@ class EventApplier:
         judged = [
             (stored, item_id, seen)
             for stored, item_id in candidates
-            if (seen := self._seen(stored)) is not None
+            if (seen := [] if stored is None else self.model.seen(stored.history)) is not None
         ]
         if not judged:
             return
@@ -280,15 +280,6 @@ class EventApplier:
         index = self.model.item_index
         for (_, item_id, _), best in zip(judged, top, strict=True):
             self.observer.on_hit(index[item_id] in best)
-
-    def _seen(self, stored: UserRecord | None) -> list[int] | None:
-        """The indices of the stored history's items; None when it cannot be read."""
-        if stored is None:
-            return []
-        try:
-            return item_indices(self.model.interactions(stored.history))
-        except HistoryError:
-            return None
 
 
 def group_by_user(events: Iterable[SourcedEvent]) -> dict[str, list[SourcedEvent]]:
