@@ -296,14 +296,21 @@ class KafkaEventSink:
         self.timeout_s = timeout_s
         self.client_options = dict(client_options or {})
         self._producer: KafkaProducer | None = None
-        # Concurrent first calls must share one producer: a second would leak, unflushed.
-        self._creating = threading.Lock()
+        self._installing = threading.Lock()
 
     def _get(self) -> KafkaProducer:
-        with self._creating:
-            if self._producer is None:
-                self._producer = self._create()
+        """The one producer. Concurrent first calls each create one (outside the lock: with
+        Kafka down that takes timeout_s, and waiting in turn would take it once per caller);
+        the first installed is shared and the others are closed, not leaked unflushed."""
+        if self._producer is not None:
             return self._producer
+        created = self._create()
+        with self._installing:
+            if self._producer is None:
+                self._producer = created
+                return created
+        created.close(timeout=0)
+        return self._producer
 
     def _create(self) -> KafkaProducer:
         try:

@@ -509,19 +509,32 @@ def test_not_serving_after_shutdown_begins(model: ServingModel, stack: LocalStac
 
 
 def test_concurrent_first_ingest_calls_share_one_producer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A second producer would leak, and its events would never be flushed."""
-    created = []
+    """Created side by side (with Kafka down each creation takes the timeout, and callers
+    must not wait for it in turn); the extras are closed, not leaked with unflushed events."""
+    created, closed = [], []
+    counting, running, most_running = threading.Lock(), [0], [0]
 
     class SlowProducer:  # KafkaProducer's constructor blocks while it bootstraps
         def __init__(self, **options: object) -> None:
+            with counting:
+                running[0] += 1
+                most_running[0] = max(most_running[0], running[0])
             time.sleep(0.2)
+            with counting:
+                running[0] -= 1
             created.append(self)
+
+        def close(self, timeout: float | None = None) -> None:
+            closed.append(self)
 
     monkeypatch.setattr("service.server.KafkaProducer", SlowProducer)
     sink = KafkaEventSink("127.0.0.1:1", TOPIC)
-    callers = [threading.Thread(target=sink._get) for _ in range(4)]
+    got = []
+    callers = [threading.Thread(target=lambda: got.append(sink._get())) for _ in range(4)]
     for caller in callers:
         caller.start()
     for caller in callers:
         caller.join()
-    assert len(created) == 1
+    assert most_running[0] > 1
+    assert len(got) == 4 and all(producer is got[0] for producer in got)
+    assert got[0] not in closed and len(closed) == len(created) - 1
