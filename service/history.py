@@ -76,10 +76,6 @@ class History(Sequence[HistoryEntry]):
         parts = self._parts + tuple(map(encode_entry, entries))
         return self._of(parts[-limit:] if limit > 0 else ())
 
-    @property
-    def entries(self) -> tuple[HistoryEntry, ...]:
-        return tuple(self)
-
     def __len__(self) -> int:
         return len(self._parts)
 

@@ -204,11 +204,10 @@ class Recommender:
 def _vector(model: ServingModel, record: UserRecord) -> tuple[np.ndarray, list[int]]:
     """The user's vector and the indices of their history items this model knows: the
     stored vector, or (a state from another model) one re-adapted from the history."""
-    if model.is_current(record):
-        return record.vector, item_indices(model.interactions(record.history))
     interactions = model.interactions(record.history)
-    vector = model.adapt([interactions])[0].numpy()
-    return vector, item_indices(interactions)
+    if model.is_current(record):
+        return record.vector, item_indices(interactions)
+    return model.adapt([interactions])[0].numpy(), item_indices(interactions)
 
 
 @dataclass

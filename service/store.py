@@ -128,15 +128,18 @@ def decode_watermarks(raw: bytes) -> dict[int, int]:
 def encode_record(record: UserRecord) -> list[str | bytes]:
     """The compare-and-set script's arguments after the state version and TTL: the blobs,
     which the script splits into fields of at most CHUNK bytes, then the plain fields."""
-    return [
-        str(CHUNK),
-        "3",
+    blobs = [
         VECTOR,
         np.ascontiguousarray(record.vector, dtype="<f4").tobytes(),
         HISTORY,
         record.history.encode(),
         WATERMARK,
         encode_watermarks(record.watermarks),
+    ]
+    return [
+        str(CHUNK),
+        str(len(blobs) // 2),
+        *blobs,
         MODEL,
         record.model_version,
         STATE,
