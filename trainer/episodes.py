@@ -66,9 +66,13 @@ def make_context(
 
 
 def masked_scores(score_fn: ScoreFn, support: Support) -> torch.Tensor:
-    """Scores with each user's support items pushed to the bottom of the ranking."""
-    scores = score_fn(support).detach().float().cpu().clone()
-    hide = support.items.masked_fill(support.mask == 0, -1)
+    """Scores with each user's support items pushed to the bottom of the ranking.
+
+    They stay on the device that computed them (only the top 20 per user come back
+    from a GPU); the support's indices follow them there.
+    """
+    scores = score_fn(support).detach().float().clone()
+    hide = support.items.masked_fill(support.mask == 0, -1).to(scores.device)
     rows, cols = torch.nonzero(hide >= 0, as_tuple=True)
     scores[rows, hide[rows, cols]] = -torch.inf
     return scores

@@ -84,13 +84,15 @@ def _rating_metrics(method, ctx: Context, users: np.ndarray, ks: np.ndarray) -> 
         with torch.no_grad():
             predicted = method.ratings(support)
             ranking = method.scores(support) if predicted is None else predicted
+        # One copy per chunk: a per-user read of a GPU tensor would wait on the device each time.
+        ranking = ranking.cpu().numpy()
         for row, (user, k) in enumerate(zip(chunk, chunk_ks, strict=True)):
             span = slice(ctx.seqs.offsets[user] + k, ctx.seqs.offsets[user + 1])
             items, truth = ctx.seqs.items[span], ctx.seqs.ratings[span]
-            ndcg3.append(graded_ndcg(ranking[row, items].cpu().numpy(), truth, 3))
+            ndcg3.append(graded_ndcg(ranking[row, items], truth, 3))
             mae, rmse = np.nan, np.nan
-            if predicted is not None:
-                mae, rmse = mae_rmse(predicted[row, items].cpu().numpy(), truth)
+            if predicted is not None:  # then the ranking is by the predicted ratings
+                mae, rmse = mae_rmse(ranking[row, items], truth)
             maes.append(mae)
             rmses.append(rmse)
     return {"mae": np.array(maes), "rmse": np.array(rmses), "ndcg@3": np.array(ndcg3)}

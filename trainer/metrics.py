@@ -12,7 +12,7 @@ import torch
 
 def top_k(scores: torch.Tensor, k: int) -> np.ndarray:
     """(B, I) scores -> (B, k) item indices, best first."""
-    return torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.numpy()
+    return torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu().numpy()
 
 
 def _discounts(k: int) -> np.ndarray:
