@@ -17,7 +17,7 @@ import os
 import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,16 @@ def data_fingerprint(data: Dataset) -> str:
 
 def _versions() -> dict[str, str]:
     packages = ("coldstart", "torch", "numpy", "safetensors")
-    return {"python": platform.python_version(), **{p: version(p) for p in packages}}
+    return {"python": platform.python_version(), **{p: _version(p) for p in packages}}
+
+
+def _version(package: str) -> str:
+    """A checkout run from its source tree (PYTHONPATH, as on a GPU machine with its own
+    torch) has no installed metadata for coldstart: that must not stop a save."""
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def save(model: ColdStartModel, data: Dataset, out: Path, extra: dict) -> dict:

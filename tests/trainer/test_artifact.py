@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from importlib.metadata import PackageNotFoundError
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,21 @@ def test_missing_or_invalid_manifest_is_refused(saved, tmp_path: Path) -> None:
     (copy / artifact.MANIFEST).write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):
         artifact.load(copy)
+
+
+def test_a_source_checkout_without_package_metadata_still_saves(
+    tmp_path: Path, monkeypatch
+) -> None:
+    def uninstalled(package: str) -> str:
+        if package == "coldstart":
+            raise PackageNotFoundError(package)
+        return "1.0"
+
+    monkeypatch.setattr(artifact, "version", uninstalled)
+    write_synthetic(tmp_path / "data", n_users=30, n_items=20, seed=0)
+    data = load_dataset(tmp_path / "data")
+    model = build_model(make_context(data, 0, [0, 1], torch.device("cpu")), ModelConfig(dim=4))
+    manifest = artifact.save(model, data, tmp_path / "model", {"seed": 0})
+    assert manifest["versions"]["coldstart"] == "not installed"
+    assert manifest["versions"]["torch"] == "1.0"
+    assert artifact.load(tmp_path / "model").version == manifest["model_version"]
