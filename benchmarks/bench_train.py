@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 
 import torch
@@ -32,20 +33,25 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--meta-steps", type=int, default=TrainConfig.meta_steps)
+    parser.add_argument("--users-per-step", type=int, default=TrainConfig.users_per_step)
     args = parser.parse_args()
     keep_large_blocks()  # as the coldstart command does
     device = resolve_device(args.device)
     data = load_dataset(args.data)
     ctx = make_context(data, args.seed, SUPPORT_SIZES, device)
     model, summary = meta_train(
-        ctx, ModelConfig(), TrainConfig(meta_steps=args.meta_steps), progress=False
+        ctx,
+        ModelConfig(),
+        TrainConfig(meta_steps=args.meta_steps, users_per_step=args.users_per_step),
+        progress=False,
     )
     test = eligible_test_users(ctx.seqs, ctx.split, max(SUPPORT_SIZES))
     test_ndcg = {
         str(k): round(float(rank_metrics(score_fn(model), ctx, test, k)[1].mean()), 4)
         for k in SUPPORT_SIZES
     }
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    cpu = platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     print(
         json.dumps(
             {
@@ -53,7 +59,10 @@ def main() -> None:
                 "device": str(device),
                 "device_name": name,
                 "seed": args.seed,
+                "users_per_step": args.users_per_step,
                 "threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
                 "wall_s": round(summary["seconds"], 1),
                 "steps": summary["steps"],
                 "best_step": summary["best_step"],
