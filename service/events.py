@@ -145,8 +145,12 @@ _REFUSED_CHAR = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 def _identifier(document: Mapping, key: str) -> str:
-    """A non-empty id of at most MAX_ID_CHARS characters, none of them refused."""
-    value = _string(document, key)
+    return check_id(key, _string(document, key))
+
+
+def check_id(key: str, value: str) -> str:
+    """A non-empty id of at most MAX_ID_CHARS characters, none of them refused: the rule
+    for every id the service takes, from an event or a request."""
     if not value:
         raise InvalidEvent(BAD_ID, f"{key} is empty")
     if len(value) > MAX_ID_CHARS:

@@ -36,7 +36,14 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from service.errors import IngestUnavailable, InvalidRequest, StreamTooLong
-from service.events import MAX_ID_CHARS, Event, InvalidEvent, check_item, event_from_mapping
+from service.events import (
+    MAX_ID_CHARS,
+    Event,
+    InvalidEvent,
+    check_id,
+    check_item,
+    event_from_mapping,
+)
 from service.history import HistoryError
 from service.metrics import Metrics
 from service.model import ServingModel, UnknownFeatureError, item_indices
@@ -109,12 +116,10 @@ class UserSummary:
 
 
 def check_user_id(user_id: str) -> None:
-    if not user_id:
-        raise InvalidRequest("user_id is empty")
-    if len(user_id) > MAX_ID_CHARS:
-        raise InvalidRequest(
-            f"user_id has {len(user_id)} characters, more than the limit of {MAX_ID_CHARS}"
-        )
+    try:
+        check_id("user_id", user_id)
+    except InvalidEvent as error:
+        raise InvalidRequest(error.message) from None
 
 
 class Recommender:

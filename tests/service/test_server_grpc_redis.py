@@ -246,6 +246,7 @@ def test_an_unreadable_stored_state_answers_degraded_from_the_prior(
         ({"user_id": "u", "k": 1001}, "k must be between 1 and 1000, got 1001"),
         ({"user_id": "", "k": 5}, "user_id is empty"),
         ({"user_id": "u" * 257, "k": 5}, "user_id has 257 characters, more than the limit of 256"),
+        ({"user_id": "u\tv", "k": 5}, "user_id contains a control character"),
         (
             {"user_id": "u", "k": 5, "candidate_item_ids": ["i1"] * 10_001},
             "candidate_item_ids has 10001 ids, more than the limit of 10000",
