@@ -93,7 +93,8 @@ class StoreError(ColdstartError):
 
     @classmethod
     def of(cls, user_id: str, error: Exception) -> StoreError:
-        return cls(user_id, f"user {user_id!r}: stored record is unreadable ({error!r})")
+        detail = f"{type(error).__name__}: {error}"
+        return cls(user_id, f"user {user_id!r}: stored record is unreadable ({detail})")
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,15 @@ def _joined(name: str, fields: Mapping[bytes, bytes]) -> bytes:
     return b"".join(pieces)
 
 
+def _reply_error(user_id: str, error: Exception) -> Exception:
+    """WRONGTYPE (the user's key holds something other than a hash: another writer, a hand
+    edit) is this user's unreadable record, a StoreError: the consumer sets their events
+    aside instead of retrying its batch forever. Any other error is Redis's own."""
+    if isinstance(error, redis.ResponseError) and str(error).startswith("WRONGTYPE"):
+        return StoreError.of(user_id, error)
+    return error
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -209,7 +219,10 @@ class UserStore:
 
     def get(self, user_id: str) -> UserRecord | None:
         """One user's record, or None when nothing is stored: one round trip."""
-        fields = self.client.hgetall(user_key(user_id))
+        try:
+            fields = self.client.hgetall(user_key(user_id))
+        except redis.ResponseError as error:
+            raise _reply_error(user_id, error) from None
         return decode_record(user_id, fields) if fields else None
 
     def get_many(self, user_ids: Iterable[str]) -> dict[str, UserRecord]:
@@ -218,12 +231,14 @@ class UserStore:
         pipe = self.client.pipeline(transaction=False)
         for user_id in ids:
             pipe.hgetall(user_key(user_id))
-        replies = pipe.execute() if ids else []
-        return {
-            user_id: decode_record(user_id, fields)
-            for user_id, fields in zip(ids, replies, strict=True)
-            if fields
-        }
+        replies = pipe.execute(raise_on_error=False) if ids else []
+        records = {}
+        for user_id, reply in zip(ids, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise _reply_error(user_id, reply)
+            if reply:
+                records[user_id] = decode_record(user_id, reply)
+        return records
 
     def put_many(self, records: Iterable[UserRecord]) -> set[str]:
         """Writes each record if its state version is newer than the stored one.

@@ -160,6 +160,17 @@ def test_an_unreadable_record_is_a_clear_error(store: UserStore) -> None:
     assert raised.value.user_id == "broken"
 
 
+def test_a_key_that_is_not_a_hash_is_that_users_unreadable_record(store: UserStore) -> None:
+    store.client.set(user_key("overwritten"), b"not a hash")
+    store.put_many([record("intact")])
+    unreadable = r"'overwritten': stored record is unreadable .*WRONGTYPE"
+    with pytest.raises(StoreError, match=unreadable):
+        store.get("overwritten")
+    with pytest.raises(StoreError, match=unreadable):
+        store.get_many(["intact", "overwritten"])
+    assert set(store.get_many(["intact"])) == {"intact"}
+
+
 def test_redis_errors_propagate(redis_url: str) -> None:
     store = UserStore.from_url("redis://127.0.0.1:1/0")
     with pytest.raises(redis.ConnectionError):

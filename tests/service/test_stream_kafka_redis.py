@@ -228,7 +228,8 @@ def test_events_of_a_user_whose_state_is_unreadable_are_dead_lettered_and_the_re
     store.put_many([torn])
     store.client.hset(user_key("torn"), "h0", f"{item}\x1ffour")  # an unreadable rating
     store.client.hset(user_key("gutted"), mapping={"s": b"1"})  # no vector, no history
-    users = ["torn", "gutted", "fine0", "fine1"]
+    store.client.set(user_key("flat"), b"a string, not a hash")  # every hash command: WRONGTYPE
+    users = ["torn", "gutted", "flat", "fine0", "fine1"]
     for n in range(3):
         for user in users:
             send(producer, topic, user, event(user, n, model.item_ids[n]).to_json())
@@ -237,12 +238,12 @@ def test_events_of_a_user_whose_state_is_unreadable_are_dead_lettered_and_the_re
     with Running(consumer_for(model, stack.redis_url, stack, topic, "unreadable", observer)):
         eventually(lambda: committed_everything(stack, topic, "unreadable"), 30, "all committed")
     assert observer.counts["applied"] == 6
-    assert observer.dead == Counter({UNREADABLE_STATE: 6})
+    assert observer.dead == Counter({UNREADABLE_STATE: 9})
     assert 2 <= observer.counts["judged"] <= 6  # only fine0's and fine1's events, each once
     stored = store.get_many(["fine0", "fine1"])
     assert [len(stored[user].history) for user in ("fine0", "fine1")] == [3, 3]
-    letters = dead_letters(stack, f"{topic}.dlq", 6)
-    assert sorted(r.key.decode() for r in letters) == ["gutted"] * 3 + ["torn"] * 3
+    letters = dead_letters(stack, f"{topic}.dlq", 9)
+    assert sorted(r.key.decode() for r in letters) == ["flat"] * 3 + ["gutted"] * 3 + ["torn"] * 3
     for letter in letters:
         headers = dict(letter.headers)
         assert headers["reason"] == UNREADABLE_STATE.encode()
