@@ -207,12 +207,9 @@ class Recommender:
 
 
 def _vector(model: ServingModel, record: UserRecord) -> tuple[np.ndarray, list[int]]:
-    """The user's vector and the indices of their history items this model knows: the
-    stored vector, or (a state from another model) one re-adapted from the history."""
+    """The user's vector and the indices of their history items this model knows."""
     interactions = model.interactions(record.history)
-    if model.is_current(record):
-        return record.vector, item_indices(interactions)
-    return model.adapt([interactions])[0].numpy(), item_indices(interactions)
+    return model.vector(record, interactions), item_indices(interactions)
 
 
 @dataclass

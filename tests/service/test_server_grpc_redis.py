@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import numpy as np
@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
 from tiny_model import write_tiny_model
 
+from service import model as service_model
 from service.app import serving_redis
 from service.history import History, HistoryEntry
 from service.localstack import LocalStack, free_port
@@ -208,16 +209,50 @@ def test_candidates_the_model_does_not_know_are_ignored(
     assert recommend(service, user_id="cold-4", k=10, candidate_item_ids=["new-item"]).items == []
 
 
+def count_adaptations(model: ServingModel, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that gains an entry at each call of model.adapt (for this test only)."""
+    adapt, calls = model.adapt, []
+    monkeypatch.setattr(model, "adapt", lambda histories: calls.append(1) or adapt(histories))
+    return calls
+
+
 def test_state_of_another_model_version_is_re_adapted_from_its_history(
-    service: Running, model: ServingModel
+    service: Running, model: ServingModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     record = adapted_user(service, model, "old-model-user", model.item_ids[5:9], version="old")
-    response = recommend(service, user_id="old-model-user", k=10)
     adapted = model.adapt([model.interactions(record.history)])[0]
     expected = model.top_k(adapted, 10, exclude=[5, 6, 7, 8])
-    assert response.state == recommender_pb2.ADAPTED
-    assert response.interactions_used == 4
-    assert ids(response) == [item for item, _ in expected]
+    calls = count_adaptations(model, monkeypatch)
+    for _ in range(2):  # the second read is served from the first's re-adaptation
+        response = recommend(service, user_id="old-model-user", k=10)
+        assert response.state == recommender_pb2.ADAPTED
+        assert response.interactions_used == 4
+        assert ids(response) == [item for item, _ in expected]
+    assert len(calls) == 1
+    # A new write of the user (still from the old model) is adapted afresh.
+    newer = replace(
+        record, history=History([HistoryEntry(model.item_ids[9], None)]), state_version=2
+    )
+    assert service.store.put_many([newer]) == {"old-model-user"}
+    response = recommend(service, user_id="old-model-user", k=10)
+    assert (response.interactions_used, response.state_version, len(calls)) == (1, 2, 2)
+    assert model.item_ids[9] not in ids(response)
+
+
+def test_re_adapted_vectors_are_kept_for_a_bounded_number_of_users(
+    model: ServingModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_model, "READAPTED_CACHE", 2)
+    calls = count_adaptations(model, monkeypatch)
+    stale = [
+        UserRecord(
+            f"b{n}", np.zeros(model.dim, np.float32), History([HistoryEntry(item, None)]), "old", 1
+        )
+        for n, item in enumerate(model.item_ids[:3])
+    ]
+    for record in [*stale, stale[2], stale[0]]:
+        model.vector(record, model.interactions(record.history))
+    assert len(calls) == 4  # b2 was kept; b0, the oldest of three, was not
 
 
 def test_an_unreadable_stored_state_answers_degraded_from_the_prior(
