@@ -89,10 +89,11 @@ def _rating_metrics(method, ctx: Context, users: np.ndarray, ks: np.ndarray) -> 
         for row, (user, k) in enumerate(zip(chunk, chunk_ks, strict=True)):
             span = slice(ctx.seqs.offsets[user] + k, ctx.seqs.offsets[user + 1])
             items, truth = ctx.seqs.items[span], ctx.seqs.ratings[span]
-            ndcg3.append(graded_ndcg(ranking[row, items], truth, 3))
+            ranked = ranking[row, items]
+            ndcg3.append(graded_ndcg(ranked, truth, 3))
             mae, rmse = np.nan, np.nan
             if predicted is not None:  # then the ranking is by the predicted ratings
-                mae, rmse = mae_rmse(ranking[row, items], truth)
+                mae, rmse = mae_rmse(ranked, truth)
             maes.append(mae)
             rmses.append(rmse)
     return {"mae": np.array(maes), "rmse": np.array(rmses), "ndcg@3": np.array(ndcg3)}
