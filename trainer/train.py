@@ -27,7 +27,7 @@ from trainer.data import Dataset
 from trainer.episodes import Context, validation_ndcg
 from trainer.lattice import climb
 from trainer.model import ColdStartModel, ModelConfig
-from trainer.split import Support, support_batch
+from trainer.split import Sequences, Support, support_batch
 
 log = logging.getLogger(__name__)
 
@@ -60,26 +60,52 @@ class Query:
     ratings: torch.Tensor | None  # (Nq,) its rating, None for implicit data
 
 
+def episode_histories(ctx: Context, batch: np.ndarray, rng: np.random.Generator) -> Sequences:
+    """The batch's histories, user b's as group b, in the order its episode reads them.
+
+    Time order is the protocol's and is kept: a new user's first events differ from
+    later ones (re-shuffling ml-100k's histories cost 7 to 15% of validation NDCG@20 at
+    k >= 3). Without time the protocol's order is one seeded shuffle, and any other
+    shuffle is as likely a new user's, so each episode draws its own: a training user
+    then gives a fresh support set every time rather than always the same prefix. On
+    ml-1m's validation users over three seeds that trained twice as long before
+    over-fitting and gained 0.2, 0.6 and 0.9 points over mf_finetune at k = 3, 5, 10.
+    """
+    seqs = ctx.seqs
+    lengths = seqs.lengths[batch]
+    flat = np.concatenate([np.arange(seqs.offsets[u], seqs.offsets[u + 1]) for u in batch])
+    if ctx.data.timestamps is None:
+        groups = np.repeat(np.arange(len(batch)), lengths)
+        flat = flat[np.lexsort((rng.random(len(flat)), groups))]
+    return Sequences(
+        items=seqs.items[flat],
+        ratings=None if seqs.ratings is None else seqs.ratings[flat],
+        offsets=np.concatenate([[0], np.cumsum(lengths)]),
+    )
+
+
 def sample_episodes(
     ctx: Context, users: np.ndarray, config: TrainConfig, rng: np.random.Generator
 ) -> tuple[Support, Query]:
     batch = rng.choice(users, config.users_per_step)
-    lengths = ctx.seqs.lengths[batch]
-    ks = np.minimum(rng.integers(0, config.max_support + 1, len(batch)), lengths - 1)
-    support = support_batch(ctx.seqs, batch, ks, ctx.features)
-    starts = ctx.seqs.offsets[batch] + ks
-    counts = lengths - ks
-    rows = np.repeat(np.arange(len(batch)), counts)
-    flat = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts, strict=True)])
-    items = torch.from_numpy(ctx.seqs.items[flat])
-    rows_t = torch.from_numpy(rows)
+    seqs = episode_histories(ctx, batch, rng)
+    rows = np.arange(len(batch))
+    ks = np.minimum(rng.integers(0, config.max_support + 1, len(batch)), seqs.lengths - 1)
+    support = support_batch(seqs, rows, ks, ctx.features[batch])
+    counts = seqs.lengths - ks
+    query_rows = np.repeat(rows, counts)
+    flat = np.concatenate(
+        [np.arange(s, s + c) for s, c in zip(seqs.offsets[:-1] + ks, counts, strict=True)]
+    )
+    items = torch.from_numpy(seqs.items[flat])
+    rows_t = torch.from_numpy(query_rows)
     weights = torch.zeros(len(batch), ctx.data.n_items)
-    weights[rows_t, items] = torch.from_numpy(1.0 / counts[rows]).float()
+    weights[rows_t, items] = torch.from_numpy(1.0 / counts[query_rows]).float()
     hidden = torch.zeros(len(batch), ctx.data.n_items, dtype=torch.bool)
-    hidden[torch.arange(len(batch)).unsqueeze(1), support.items] = support.mask.bool()
+    hidden[torch.from_numpy(rows).unsqueeze(1), support.items] = support.mask.bool()
     query_ratings = None
-    if ctx.seqs.ratings is not None:
-        query_ratings = torch.from_numpy(ctx.seqs.ratings[flat]).float()
+    if seqs.ratings is not None:
+        query_ratings = torch.from_numpy(seqs.ratings[flat]).float()
     query = Query(weights, hidden, rows_t, items, query_ratings)
     return support, query
 

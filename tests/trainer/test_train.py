@@ -1,5 +1,9 @@
-"""Meta-training's last step: calibrating the inner step on validation users."""
+"""Meta-training: its episodes, and its last step, calibrating the inner step on validation
+users."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
@@ -7,7 +11,12 @@ from trainer.data import load_dataset
 from trainer.episodes import Context, make_context, validation_ndcg
 from trainer.model import ModelConfig
 from trainer.synth import write_synthetic
-from trainer.train import build_model, calibrate_step, score_fn
+from trainer.train import (
+    build_model,
+    calibrate_step,
+    episode_histories,
+    score_fn,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +43,29 @@ def test_calibration_shortens_an_overshooting_step_and_never_loses_validation_nd
     assert validation_ndcg(score_fn(model), ctx) == pytest.approx(result["valid_ndcg@20"])
     after = model.initial_users(torch.zeros(1, ctx.features.shape[1], dtype=torch.long))
     torch.testing.assert_close(after, zero_shot)
+
+
+@pytest.fixture(scope="module")
+def untimed(ctx: Context) -> Context:
+    """The same data with its time dropped: the protocol order becomes a seeded shuffle."""
+    data = dataclasses.replace(ctx.data, timestamps=None)
+    return make_context(data, 0, [0, 1, 3, 5], torch.device("cpu"))
+
+
+def test_episodes_keep_time_order_where_the_data_has_time(ctx) -> None:
+    batch = ctx.split.train[:20]
+    histories = episode_histories(ctx, batch, np.random.default_rng(0))
+    for group, user in enumerate(batch):
+        np.testing.assert_array_equal(histories.of(group), ctx.seqs.of(user))
+
+
+def test_episodes_draw_a_fresh_order_of_each_history_where_the_data_has_no_time(untimed) -> None:
+    batch = np.repeat(untimed.split.train[:20], 2)  # every user twice in one batch
+    histories = episode_histories(untimed, batch, np.random.default_rng(0))
+    reordered = 0
+    for group, user in enumerate(batch):
+        assert sorted(histories.of(group)) == sorted(untimed.seqs.of(user))
+        reordered += not np.array_equal(histories.of(group), untimed.seqs.of(user))
+    assert reordered == len(batch)  # each history of 5+ items: a repeat is 1 in 120 at most
+    twice = [np.array_equal(histories.of(g), histories.of(g + 1)) for g in range(0, 40, 2)]
+    assert not any(twice)
