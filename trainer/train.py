@@ -102,7 +102,9 @@ def sample_episodes(
     weights = torch.zeros(len(batch), ctx.data.n_items)
     weights[rows_t, items] = torch.from_numpy(1.0 / counts[query_rows]).float()
     hidden = torch.zeros(len(batch), ctx.data.n_items, dtype=torch.bool)
-    hidden[torch.from_numpy(rows).unsqueeze(1), support.items] = support.mask.bool()
+    # Only real events: a pad (item 0) written as False could un-hide a real item 0.
+    shown_rows, shown_cols = torch.nonzero(support.mask, as_tuple=True)
+    hidden[shown_rows, support.items[shown_rows, shown_cols]] = True
     query_ratings = None
     if seqs.ratings is not None:
         query_ratings = torch.from_numpy(seqs.ratings[flat]).float()

@@ -12,9 +12,11 @@ from trainer.episodes import Context, make_context, validation_ndcg
 from trainer.model import ModelConfig
 from trainer.synth import write_synthetic
 from trainer.train import (
+    TrainConfig,
     build_model,
     calibrate_step,
     episode_histories,
+    sample_episodes,
     score_fn,
 )
 
@@ -69,3 +71,15 @@ def test_episodes_draw_a_fresh_order_of_each_history_where_the_data_has_no_time(
     assert reordered == len(batch)  # each history of 5+ items: a repeat is 1 in 120 at most
     twice = [np.array_equal(histories.of(g), histories.of(g + 1)) for g in range(0, 40, 2)]
     assert not any(twice)
+
+
+def test_an_episode_splits_each_history_into_support_and_query(untimed) -> None:
+    config = TrainConfig(users_per_step=64, max_support=5)
+    support, query = sample_episodes(untimed, untimed.split.train, config, np.random.default_rng(1))
+    torch.testing.assert_close(query.weights.sum(1), torch.ones(64))
+    for row in range(64):
+        shown = set(support.items[row][support.mask[row] > 0].tolist())
+        asked = set(query.items[query.rows == row].tolist())
+        assert not shown & asked
+        assert shown == set(torch.nonzero(query.hidden[row]).flatten().tolist())
+        assert (query.weights[row] > 0).sum() == len(asked)
