@@ -94,9 +94,8 @@ def sample_episodes(
     support = support_batch(seqs, rows, ks, ctx.features[batch])
     counts = seqs.lengths - ks
     query_rows = np.repeat(rows, counts)
-    flat = np.concatenate(
-        [np.arange(s, s + c) for s, c in zip(seqs.offsets[:-1] + ks, counts, strict=True)]
-    )
+    position = np.arange(len(seqs.items)) - np.repeat(seqs.offsets[:-1], seqs.lengths)
+    flat = np.flatnonzero(position >= np.repeat(ks, seqs.lengths))  # past each user's support
     items = torch.from_numpy(seqs.items[flat])
     rows_t = torch.from_numpy(query_rows)
     weights = torch.zeros(len(batch), ctx.data.n_items)

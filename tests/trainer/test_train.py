@@ -68,7 +68,7 @@ def test_episodes_draw_a_fresh_order_of_each_history_where_the_data_has_no_time(
     for group, user in enumerate(batch):
         assert sorted(histories.of(group)) == sorted(untimed.seqs.of(user))
         reordered += not np.array_equal(histories.of(group), untimed.seqs.of(user))
-    assert reordered == len(batch)  # each history of 5+ items: a repeat is 1 in 120 at most
+    assert reordered == len(batch)  # synthetic histories hold 20+ items: 1 in 20! to repeat
     twice = [np.array_equal(histories.of(g), histories.of(g + 1)) for g in range(0, 40, 2)]
     assert not any(twice)
 
