@@ -72,9 +72,8 @@ def masked_scores(score_fn: ScoreFn, support: Support) -> torch.Tensor:
     from a GPU); the support's indices follow them there.
     """
     scores = score_fn(support).detach().float().clone()
-    hide = support.items.masked_fill(support.mask == 0, -1).to(scores.device)
-    rows, cols = torch.nonzero(hide >= 0, as_tuple=True)
-    scores[rows, hide[rows, cols]] = -torch.inf
+    rows, items = support.events()
+    scores[rows.to(scores.device), items.to(scores.device)] = -torch.inf
     return scores
 
 

@@ -56,6 +56,12 @@ class Support:
     def to(self, device: torch.device | str) -> Support:
         return Support(*(t.to(device) for t in vars(self).values()))
 
+    def events(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, item) of every real support event: pads (item 0) left out, as a real
+        item 0 must not be undone by a pad written after it."""
+        rows, cols = torch.nonzero(self.mask, as_tuple=True)
+        return rows, self.items[rows, cols]
+
 
 def _unit_hash(seed: int, user_id: str) -> float:
     digest = hashlib.blake2b(f"{seed}:{user_id}".encode(), digest_size=8).digest()
@@ -115,6 +121,18 @@ def support_batch(
         rated=torch.from_numpy(rated),
         user_features=torch.from_numpy(features[users]),
     )
+
+
+def positions_after(
+    seqs: Sequences, users: np.ndarray, ks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(b, position in seqs) of every interaction of users[b] after its first ks[b], flat
+    and in order: the dense form of query_sets, for building tensors in one step."""
+    starts = seqs.offsets[users] + ks
+    lengths = seqs.offsets[users + 1] - starts  # (B,)
+    row_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    positions = np.arange(lengths.sum()) + np.repeat(starts - row_starts, lengths)
+    return np.repeat(np.arange(len(users)), lengths), positions
 
 
 def query_sets(seqs: Sequences, users: np.ndarray, ks: np.ndarray) -> list[np.ndarray]:

@@ -26,7 +26,7 @@ from trainer.adapt import InnerRule, ItemTables
 from trainer.baselines.popularity import item_counts, require_validation_users
 from trainer.episodes import Context, validation_ndcg
 from trainer.lattice import climb
-from trainer.split import Sequences, Support
+from trainer.split import Sequences, Support, positions_after
 
 # The inner rule (rate c, prior p) is searched on a log lattice, c = RATE * 3**i in units of
 # the inverse curvature of the mean user's loss (c = 1 is a Newton-like step, so the lattice
@@ -43,11 +43,8 @@ def query_targets(
     Returns counts (B, I) (how often each item occurs) and ratings (B, I)
     (the rating given, 0 where unrated or the data is implicit).
     """
-    starts = seqs.offsets[users] + ks
-    lengths = seqs.offsets[users + 1] - starts  # (B,)
-    row_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    positions = np.arange(lengths.sum()) + np.repeat(starts - row_starts, lengths)
-    rows = torch.from_numpy(np.repeat(np.arange(len(users)), lengths))
+    rows, positions = positions_after(seqs, users, ks)
+    rows = torch.from_numpy(rows)
     items = torch.from_numpy(seqs.items[positions])
     counts = torch.zeros(len(users), n_items)
     counts.index_put_((rows, items), torch.ones(len(rows)), accumulate=True)
