@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import logging
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from trainer.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -138,12 +141,14 @@ def _numbers(table: _Table, values: list[str], dtype: type, what: str) -> np.nda
     """Convert a column in one vectorised step; only on failure look for the line to blame."""
     try:
         array = np.array(values).astype(dtype)
-    except ValueError:
+    except (ValueError, OverflowError):
         for i, value in enumerate(values):
             try:
                 np.array(value).astype(dtype)
             except ValueError:
                 raise table.error(i, f"{what} {value!r} is not a number") from None
+            except OverflowError:
+                raise table.error(i, f"{what} {value!r} is out of range") from None
         raise
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int(np.flatnonzero(~np.isfinite(array))[0])
@@ -221,6 +226,24 @@ def _item_features(item_ids: list[str], side: _ItemSide) -> tuple[np.ndarray, li
     return matrix, names
 
 
+def _first_of_each_pair(
+    users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None
+) -> np.ndarray:
+    """Positions, in file order, of each user's first interaction with each item (earliest
+    in time, then in the file).
+
+    The protocol treats a history as a set (any interaction is relevant): a repeated item
+    would sit in both the support set, hidden from the ranking, and the query, where it
+    would still count as a relevant item no method can rank.
+    """
+    position = np.arange(len(users))
+    when = position if timestamps is None else timestamps
+    order = np.lexsort((position, when, items, users))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (np.diff(users[order]) != 0) | (np.diff(items[order]) != 0)
+    return np.sort(order[first])
+
+
 def _dataset(
     name: str,
     table: _Table,
@@ -234,16 +257,26 @@ def _dataset(
         raise DataError(f"{table.file}: no interactions")
     user_ids, users = _index(table, raw_users, "user id")
     item_ids, items = _index(table, raw_items, "item id")
+    ratings = None if raw_ratings is None else _numbers(table, raw_ratings, np.float32, "rating")
+    times = None if raw_times is None else _numbers(table, raw_times, np.int64, "timestamp")
+    kept = _first_of_each_pair(users, items, times)
+    if len(kept) < len(users):
+        log.info(
+            "%s: kept the first of each repeated (user, item) pair, %d of %d interactions",
+            table.file,
+            len(kept),
+            len(users),
+        )
     features, vocab = _user_features(user_ids, user_side) if user_side else ({}, {})
     item_features, item_names = _item_features(item_ids, item_side) if item_side else (None, [])
     return Dataset(
         name=name,
         user_ids=user_ids,
         item_ids=item_ids,
-        users=users,
-        items=items,
-        ratings=None if raw_ratings is None else _numbers(table, raw_ratings, np.float32, "rating"),
-        timestamps=None if raw_times is None else _numbers(table, raw_times, np.int64, "timestamp"),
+        users=users[kept],
+        items=items[kept],
+        ratings=None if ratings is None else ratings[kept],
+        timestamps=None if times is None else times[kept],
         user_features=features,
         user_vocab=vocab,
         item_features=item_features,

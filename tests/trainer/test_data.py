@@ -133,6 +133,19 @@ def test_csv_implicit_without_side_files(tmp_path: Path) -> None:
     assert data.n_users == 1 and data.n_items == 2
 
 
+def test_repeated_user_item_pair_keeps_the_earliest(tmp_path: Path) -> None:
+    rows = "user_id,item_id,rating,timestamp\n1,a,2,30\n1,b,4,20\n1,a,5,10\n2,a,1,40\n"
+    data = load_dataset(write(tmp_path, {"interactions.csv": rows}))
+    assert data.items.tolist() == [1, 0, 0]  # b, then user 1's a at time 10, then user 2's a
+    assert data.ratings.tolist() == [4, 5, 1] and data.timestamps.tolist() == [20, 10, 40]
+
+
+def test_repeated_pair_without_time_keeps_the_first_line(tmp_path: Path) -> None:
+    rows = "user_id,item_id\n1,a\n1,b\n1,a\n"
+    data = load_dataset(write(tmp_path, {"interactions.csv": rows}))
+    assert data.users.tolist() == [0, 0] and data.items.tolist() == [0, 1]
+
+
 def test_csv_accepts_crlf_and_byte_order_mark(tmp_path: Path) -> None:
     text = b"\xef\xbb\xbfuser_id,item_id\r\n1,2\r\n"
     data = load_dataset(write(tmp_path, {"interactions.csv": text}))
@@ -257,6 +270,11 @@ MALFORMED = [
         "csv",
         {"interactions.csv": "user_id,item_id,timestamp\n1,2,1e9\n"},
         "interactions.csv line 2: timestamp '1e9' is not a number",
+    ),
+    (
+        "csv",
+        {"interactions.csv": "user_id,item_id,timestamp\n1,2,99999999999999999999\n"},
+        "interactions.csv line 2: timestamp '99999999999999999999' is out of range",
     ),
     (
         "csv",
