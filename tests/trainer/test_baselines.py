@@ -1,7 +1,8 @@
-"""The four baselines: the hand-checkable parts of each, and the shared interface."""
+"""The four baselines: the hand-checkable parts of each, and the interface all methods share."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -16,6 +17,8 @@ from trainer.baselines.popularity import Popularity
 from trainer.data import Dataset, load_dataset
 from trainer.episodes import Context
 from trainer.errors import DataError
+from trainer.evaluate import ColdStart
+from trainer.model import ModelConfig
 from trainer.split import (
     Support,
     UserSplit,
@@ -25,6 +28,7 @@ from trainer.split import (
     user_feature_matrix,
 )
 from trainer.synth import write_synthetic
+from trainer.train import TrainConfig
 
 SIZES = [0, 1, 3, 5]
 
@@ -192,3 +196,30 @@ def test_tuning_without_validation_users_says_why() -> None:
     ctx = hand_context([[0, 1], [0, 1, 2], [1, 2], [0]], n_items=3)
     with pytest.raises(DataError, match="no validation user"):
         ItemKNN().fit(ctx)
+
+
+ALL_METHODS = [
+    *small_methods(),
+    ColdStart(ModelConfig(dim=8), TrainConfig(meta_steps=2, eval_every=1), artifact=None),
+]
+
+
+@pytest.mark.parametrize("method", ALL_METHODS, ids=lambda m: m.name)
+def test_fit_never_reads_test_users(method, synthetic: Context) -> None:
+    """Every method, ours included, fits the same model whatever the test users did."""
+    data = synthetic.data
+    test = np.isin(data.users, synthetic.split.test)
+    rng = np.random.default_rng(1)
+    other = dataclasses.replace(
+        data,
+        items=np.where(test, rng.integers(0, data.n_items, len(test)), data.items),
+        ratings=np.where(test, 6.0 - data.ratings, data.ratings).astype(np.float32),
+    )
+    support = supports(synthetic, [0, 3])  # two test users' supports, scored by both fits
+    results = []
+    for ctx in (synthetic, context(other, synthetic.split)):
+        fitted = copy.deepcopy(method)  # unfitted each time: ColdStart keeps a fitted model
+        fitted.fit(ctx)
+        results.append((fitted.scores(support), fitted.ratings(support)))
+    assert torch.equal(results[0][0], results[1][0])
+    assert results[0][1] is None or torch.equal(results[0][1], results[1][1])

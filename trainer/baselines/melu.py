@@ -34,7 +34,11 @@ import torch
 from torch import nn
 
 from trainer.baselines.mf import query_targets, rating_mse, softmax_nll
-from trainer.baselines.popularity import item_counts, require_validation_users
+from trainer.baselines.popularity import (
+    item_counts,
+    require_validation_users,
+    training_positions,
+)
 from trainer.episodes import Context, validation_ndcg
 from trainer.split import Support, support_batch
 
@@ -183,7 +187,8 @@ class MeLU:
         with torch.no_grad():
             self.net.item_bias.copy_(torch.from_numpy(item_counts(ctx)).log1p())
             if has_ratings:
-                self.net.decision["b3"][1] = float(ctx.seqs.ratings.mean())
+                positions, _ = training_positions(ctx)  # training users' ratings only
+                self.net.decision["b3"][1] = float(ctx.seqs.ratings[positions].mean())
         self.net.to(ctx.device)
         optimiser = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         rng = np.random.default_rng(ctx.seed)
