@@ -171,7 +171,7 @@ def _read_weights(path: Path, expected_sha256: str) -> dict[str, torch.Tensor]:
 def _build(manifest: dict) -> ColdStartModel:
     try:
         config = ModelConfig(**manifest["model_config"])
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ArtifactError(f"manifest model_config does not fit this coldstart: {error}") from None
     n_items, width = len(manifest["item_ids"]), len(manifest["item_feature_names"])
     vocab = [len(values) for values in manifest["user_features"].values()]

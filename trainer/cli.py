@@ -64,7 +64,12 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> No
 
 
 def _config(config_class: type, args: argparse.Namespace):
-    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
+    try:
+        return config_class(
+            **{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)}
+        )
+    except ValueError as error:  # flags are the field names: --meta-steps is meta_steps
+        raise ColdstartError(f"bad setting: {error}") from None
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:

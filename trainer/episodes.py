@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from trainer.data import Dataset
+from trainer.errors import DataError
 from trainer.metrics import recall_ndcg, top_k
 from trainer.split import (
     Sequences,
@@ -48,6 +49,15 @@ class Context:
         """Validation users long enough for every support size (the test rule)."""
         valid = self.split.valid
         return valid[self.seqs.lengths[valid] >= max(self.support_sizes) + 5]
+
+
+def require_validation_users(ctx: Context) -> None:
+    """Methods that tune on validation users cannot run without any: say so plainly."""
+    if not len(ctx.validation_users()):
+        raise DataError(
+            f"{ctx.data.name}: no validation user has the {max(ctx.support_sizes) + 5} "
+            "interactions the largest support size needs; nothing to tune on"
+        )
 
 
 def make_context(

@@ -29,6 +29,7 @@ from trainer.baselines.mf import MatrixFactorisation
 from trainer.baselines.popularity import Popularity
 from trainer.data import Dataset
 from trainer.episodes import Context, batches, make_context, rank_metrics
+from trainer.errors import DataError
 from trainer.metrics import graded_ndcg, mae_rmse
 from trainer.model import ModelConfig
 from trainer.split import eligible_test_users
@@ -122,9 +123,13 @@ def evaluate_seed(data: Dataset, seed: int, methods: list, options: EvalOptions)
     if options.protocol == "melu":
         users, ks = _melu_users(ctx)
         episodes = {MELU_KEY: ks}
+        needed = f"{MELU_LENGTHS[0]} to {MELU_LENGTHS[1]}"
     else:
         users = eligible_test_users(ctx.seqs, ctx.split, max(options.support_sizes))
         episodes = {str(k): np.full(len(users), k) for k in options.support_sizes}
+        needed = f"at least {max(options.support_sizes) + 5}"
+    if not len(users):
+        raise DataError(f"{data.name}, seed {seed}: no test user has {needed} interactions")
     results = {}
     for method in methods:
         log.info("seed %d: fitting %s", seed, method.name)

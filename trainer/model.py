@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from trainer.adapt import InnerRule, ItemTables, inner_loop
+from trainer.config_fields import check_fields
 from trainer.split import Support
 
 
@@ -29,6 +30,13 @@ class ModelConfig:
     rating_weight: float = 0.05  # weight of rating error in inner and outer loss; 0 = ranking only
     use_user_features: bool = True  # condition the prior on user side features
     use_item_features: bool = True  # add projected item features to item vectors
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            positive=("dim", "init_inner_lr", "init_prior", "svd_scale"),
+            non_negative=("inner_steps", "rating_weight"),
+        )
 
 
 class ColdStartModel(nn.Module):

@@ -23,8 +23,9 @@ import torch
 from tqdm import tqdm
 
 from trainer.adapt import ratings, scores
+from trainer.config_fields import check_fields
 from trainer.data import Dataset
-from trainer.episodes import Context, validation_ndcg
+from trainer.episodes import Context, require_validation_users, validation_ndcg
 from trainer.lattice import climb
 from trainer.model import ColdStartModel, ModelConfig
 from trainer.split import Sequences, Support, positions_after, support_batch
@@ -47,6 +48,13 @@ class TrainConfig:
     eval_every: int = 50  # outer steps between validation runs
     patience: int = 4  # validation runs without improvement before stopping
     calibrate: bool = True  # rescale the learned step and prior on validation users at the end
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            positive=("meta_steps", "users_per_step", "meta_lr", "eval_every", "patience"),
+            non_negative=("max_support", "item_lr_scale"),
+        )
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,7 @@ def meta_train(
     ctx: Context, model_config: ModelConfig, config: TrainConfig, progress: bool = True
 ) -> tuple[ColdStartModel, dict]:
     """Returns the best model on validation users and a summary of the run."""
+    require_validation_users(ctx)
     torch.manual_seed(ctx.seed)
     rng = np.random.default_rng(ctx.seed)
     started = time.perf_counter()

@@ -58,3 +58,23 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path, capsys) -> None:
     )
     assert code == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "flags", "message"),
+    [
+        ("train", ["--meta-steps", "0"], "bad setting: meta_steps must be > 0, got 0"),
+        ("train", ["--init-prior", "0"], "bad setting: init_prior must be > 0, got 0.0"),
+        ("train", ["--support-sizes", "0,500"], "no validation user has the 505 interactions"),
+        ("evaluate", ["--support-sizes", "0,500"], "no test user has at least 505 interactions"),
+    ],
+)
+def test_impossible_settings_are_one_line_with_exit_code_2(
+    tmp_path: Path, capsys, command: str, flags: list[str], message: str
+) -> None:
+    main(["synth", "--out", str(tmp_path / "d"), "--users", "50", "--items", "20"])
+    capsys.readouterr()
+    code = main([command, "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), *flags])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in error and "\n" not in error

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainer.baselines.popularity import item_counts, require_validation_users, training_positions
-from trainer.episodes import Context, validation_ndcg
+from trainer.baselines.popularity import item_counts, training_positions
+from trainer.episodes import Context, require_validation_users, validation_ndcg
 from trainer.split import Support
 
 BLEND_GRID = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)  # candidate popularity weights a

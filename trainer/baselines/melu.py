@@ -34,12 +34,8 @@ import torch
 from torch import nn
 
 from trainer.baselines.mf import query_targets, rating_mse, softmax_nll
-from trainer.baselines.popularity import (
-    item_counts,
-    require_validation_users,
-    training_positions,
-)
-from trainer.episodes import Context, validation_ndcg
+from trainer.baselines.popularity import item_counts, training_positions
+from trainer.episodes import Context, require_validation_users, validation_ndcg
 from trainer.split import Support, support_batch
 
 Layers = dict[str, torch.Tensor]  # decision-layer name -> (B, ...) per-user weights

@@ -23,8 +23,8 @@ from torch import nn
 
 from trainer import adapt
 from trainer.adapt import InnerRule, ItemTables
-from trainer.baselines.popularity import item_counts, require_validation_users
-from trainer.episodes import Context, validation_ndcg
+from trainer.baselines.popularity import item_counts
+from trainer.episodes import Context, require_validation_users, validation_ndcg
 from trainer.lattice import climb
 from trainer.split import Sequences, Support, positions_after
 

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from trainer.episodes import Context
-from trainer.errors import DataError
 from trainer.split import Support
 
 PSEUDO_RATINGS = 5.0  # global-mean ratings added to every item's mean
@@ -23,15 +22,6 @@ def training_positions(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     owner = np.repeat(np.arange(len(ctx.seqs.lengths)), ctx.seqs.lengths)  # (N,)
     positions = np.flatnonzero(np.isin(owner, ctx.split.train))
     return positions, owner[positions]
-
-
-def require_validation_users(ctx: Context) -> None:
-    """Methods that tune on validation users cannot run without any: say so plainly."""
-    if not len(ctx.validation_users()):
-        raise DataError(
-            f"{ctx.data.name}: no validation user has the {max(ctx.support_sizes) + 5} "
-            "interactions the largest support size needs; nothing to tune on"
-        )
 
 
 def item_counts(ctx: Context) -> np.ndarray:
