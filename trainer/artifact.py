@@ -30,19 +30,29 @@ from trainer.data import Dataset
 from trainer.errors import ArtifactError
 from trainer.model import ColdStartModel, ModelConfig
 
-FORMAT_VERSION = 1
+# 2: model_version hashes the feature vocabularies and has_ratings too, and loading checks it.
+FORMAT_VERSION = 2
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
-_REQUIRED = (
-    "format_version",
-    "model_version",
+_REQUIRED = {  # key: its JSON type
+    "format_version": int,
+    "model_version": str,
+    "model_config": dict,
+    "item_ids": list,
+    "user_features": dict,
+    "item_feature_names": list,
+    "has_ratings": bool,
+    "weights_sha256": str,
+    "dataset": dict,
+}
+# What decides the scores a model gives: the model version is a hash of these.
+_IDENTITY = (
+    "weights_sha256",
     "model_config",
     "item_ids",
     "user_features",
     "item_feature_names",
     "has_ratings",
-    "weights_sha256",
-    "dataset",
 )
 
 
@@ -109,15 +119,19 @@ def save(model: ColdStartModel, data: Dataset, out: Path, extra: dict) -> dict:
         "versions": _versions(),
         **extra,
     }
-    identity = {k: manifest[k] for k in ("weights_sha256", "model_config", "item_ids")}
-    manifest["model_version"] = hashlib.sha256(
-        json.dumps(identity, sort_keys=True).encode()
-    ).hexdigest()[:16]
+    manifest["model_version"] = content_version(manifest)
     # Weights first, manifest last, each replaced atomically: a service polling this directory
     # sees the old artifact, or a new manifest whose hash the weights match, never a torn file.
     _replace(out / WEIGHTS, weights)
     _replace(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
+
+
+def content_version(manifest: dict) -> str:
+    """The model version: a hash of the weights and of everything that says how to read them,
+    so an edited item map or config cannot pass as the model it claims to be."""
+    identity = {key: manifest[key] for key in _IDENTITY}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _replace(path: Path, content: bytes) -> None:
@@ -140,6 +154,8 @@ def _read_manifest(path: Path) -> dict:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise ArtifactError(f"{path}: no manifest; is this a model directory?") from None
+    except OSError as error:
+        raise ArtifactError(f"{path}: cannot be read ({error.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ArtifactError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(manifest, dict):
@@ -152,7 +168,24 @@ def _read_manifest(path: Path) -> dict:
             f"{path}: format version {manifest['format_version']!r}, "
             f"this coldstart reads {FORMAT_VERSION}"
         )
+    for key, kind in _REQUIRED.items():
+        if not isinstance(manifest[key], kind):
+            raise ArtifactError(
+                f"{path}: {key} is a {type(manifest[key]).__name__}, not a {kind.__name__}"
+            )
+    _check_names(manifest, path)
     return manifest
+
+
+def _check_names(manifest: dict, path: Path) -> None:
+    """The id map and the vocabularies must be lists of strings, and ids must be unique."""
+    lists = {"item_ids": manifest["item_ids"], "item_feature_names": manifest["item_feature_names"]}
+    lists |= {f"user_features.{n}": v for n, v in manifest["user_features"].items()}
+    for name, values in lists.items():
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ArtifactError(f"{path}: {name} is not a list of strings")
+    if len(set(manifest["item_ids"])) != len(manifest["item_ids"]):
+        raise ArtifactError(f"{path}: item_ids repeats an id")
 
 
 def _read_weights(path: Path, expected_sha256: str) -> dict[str, torch.Tensor]:
@@ -160,6 +193,8 @@ def _read_weights(path: Path, expected_sha256: str) -> dict[str, torch.Tensor]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing") from None
+    except OSError as error:
+        raise ArtifactError(f"{path}: cannot be read ({error.strerror})") from None
     if hashlib.sha256(raw).hexdigest() != expected_sha256:
         raise ArtifactError(f"{path}: contents do not match the manifest (corrupt or truncated)")
     try:
@@ -182,7 +217,13 @@ def _build(manifest: dict) -> ColdStartModel:
 def load(model_dir: str | Path) -> Artifact:
     """Loads and validates an artifact; raises ArtifactError saying what is wrong."""
     root = Path(model_dir)
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: not a model directory")
     manifest = _read_manifest(root / MANIFEST)
+    if manifest["model_version"] != content_version(manifest):
+        raise ArtifactError(
+            f"{root / MANIFEST}: model_version does not match the manifest's contents (edited?)"
+        )
     tensors = _read_weights(root / WEIGHTS, manifest["weights_sha256"])
     model = _build(manifest)
     expected = model.state_dict()
@@ -190,11 +231,14 @@ def load(model_dir: str | Path) -> Artifact:
         difference = sorted(set(tensors) ^ set(expected))
         raise ArtifactError(f"{root / WEIGHTS}: tensors do not match the manifest: {difference}")
     for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
+        want = expected[name]
+        if tensor.shape != want.shape or tensor.dtype != want.dtype:
             raise ArtifactError(
-                f"{root / WEIGHTS}: {name} has shape {tuple(tensor.shape)}, "
-                f"the manifest implies {tuple(expected[name].shape)}"
+                f"{root / WEIGHTS}: {name} is {tensor.dtype} of shape {tuple(tensor.shape)}, "
+                f"the manifest implies {want.dtype} of shape {tuple(want.shape)}"
             )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ArtifactError(f"{root / WEIGHTS}: {name} holds NaN or infinite values")
     model.load_state_dict(tensors)
     model.eval()
     return Artifact(model, manifest)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from trainer import artifact
-from trainer.data import FORMATS, load_dataset
+from trainer.data import FORMATS, Dataset, load_dataset
 from trainer.episodes import make_context
 from trainer.errors import ColdstartError
 from trainer.evaluate import PROTOCOLS, EvalOptions
@@ -119,27 +119,41 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     data = load_dataset(args.data, args.format)
     loaded = artifact.load(args.model) if args.model else None
-    seeds = args.seeds or DEFAULT_SEEDS
+    seeds, model_config = args.seeds or DEFAULT_SEEDS, _config(ModelConfig, args)
     if loaded is not None:
-        seeds = _artifact_seeds(loaded, data, args.seeds)
+        _require_same_data(loaded, data)
+        seeds = _artifact_seeds(loaded, args.seeds)
+        model_config = loaded.model.config  # what it was trained with; mf takes its K steps
     options = EvalOptions(
         support_sizes=args.support_sizes,
         seeds=seeds,
         protocol=args.protocol,
         device=resolve_device(args.device),
-        model_config=_config(ModelConfig, args),
+        model_config=model_config,
         train_config=_config(TrainConfig, args),
     )
     run_evaluation(data, args.out, options, loaded)
     print((args.out / "results.md").read_text())
 
 
-def _artifact_seeds(loaded: artifact.Artifact, data, requested: list[int] | None) -> list[int]:
+def _require_same_data(loaded: artifact.Artifact, data: Dataset) -> None:
+    """The model's item map, features and split only mean something on the data it saw."""
+    manifest = loaded.manifest
+    if manifest["dataset"].get("fingerprint") != artifact.data_fingerprint(data):
+        raise ColdstartError("--model was trained on different data than --data")
+    vocab = {name: data.user_vocab[name] for name in sorted(data.user_features)}
+    if manifest["user_features"] != vocab:
+        raise ColdstartError("--model was trained with other user features than --data has")
+    if manifest["item_feature_names"] != data.item_feature_names:
+        raise ColdstartError("--model was trained with other item features than --data has")
+
+
+def _artifact_seeds(loaded: artifact.Artifact, requested: list[int] | None) -> list[int]:
     """A trained model can only be tested on its own split: other seeds' test users are its
     training users."""
-    if loaded.manifest["dataset"]["fingerprint"] != artifact.data_fingerprint(data):
-        raise ColdstartError("--model was trained on different data than --data")
     seed = loaded.manifest.get("seed")
+    if not isinstance(seed, int):
+        raise ColdstartError("--model's manifest has no seed, so its test users are unknown")
     if requested not in (None, [seed]):
         raise ColdstartError(f"--model was trained on the split of seed {seed}; drop --seeds")
     return [seed]

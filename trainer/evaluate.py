@@ -49,8 +49,8 @@ class EvalOptions:
     seeds: list[int]  # one user split (and one trained model) per seed
     protocol: str  # one of PROTOCOLS
     device: torch.device
-    model_config: ModelConfig  # for the per-seed training when no artifact is given
-    train_config: TrainConfig
+    model_config: ModelConfig  # an artifact's own, or for the per-seed training
+    train_config: TrainConfig  # for the per-seed training when no artifact is given
 
 
 class ColdStart:
@@ -189,6 +189,9 @@ def run(data: Dataset, out: Path, options: EvalOptions, artifact: Artifact | Non
         "model_config": dataclasses.asdict(options.model_config),
         "train_config": dataclasses.asdict(options.train_config),
     }
+    if artifact is not None:  # the model's own training settings, not this command's flags
+        results["train_config"] = artifact.manifest.get("train_config")
+        results["model_version"] = artifact.version
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     # Imported here: the report module pulls in matplotlib, which training never needs.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save as save_tensors
 
 from trainer import artifact
 from trainer.data import load_dataset
@@ -66,13 +67,55 @@ def test_flipped_byte_is_refused(saved, tmp_path: Path) -> None:
         artifact.load(copy)
 
 
+def _rewrite(model_dir: Path, edit, restamp: bool = True) -> None:
+    """Edit the manifest; restamp sets model_version to match, as a forger would."""
+    manifest = json.loads((model_dir / artifact.MANIFEST).read_text())
+    edit(manifest)
+    if restamp:
+        manifest["model_version"] = artifact.content_version(manifest)
+    (model_dir / artifact.MANIFEST).write_text(json.dumps(manifest))
+
+
 def test_garbage_with_a_matching_hash_is_still_refused(saved, tmp_path: Path) -> None:
     copy = _copy(saved[0], tmp_path)
     (copy / artifact.WEIGHTS).write_bytes(b"not safetensors at all")
-    manifest = json.loads((copy / artifact.MANIFEST).read_text())
-    manifest["weights_sha256"] = hashlib.sha256(b"not safetensors at all").hexdigest()
-    (copy / artifact.MANIFEST).write_text(json.dumps(manifest))
+    digest = hashlib.sha256(b"not safetensors at all").hexdigest()
+    _rewrite(copy, lambda m: m.update(weights_sha256=digest))
     with pytest.raises(ArtifactError, match="not a valid safetensors"):
+        artifact.load(copy)
+
+
+def test_non_finite_weights_with_matching_hashes_are_refused(saved, tmp_path: Path) -> None:
+    copy = _copy(saved[0], tmp_path)
+    state = {k: v.clone() for k, v in saved[1].state_dict().items()}
+    state["item_bias"][3] = float("nan")
+    raw = save_tensors(state)
+    (copy / artifact.WEIGHTS).write_bytes(raw)
+    _rewrite(copy, lambda m: m.update(weights_sha256=hashlib.sha256(raw).hexdigest()))
+    with pytest.raises(ArtifactError, match="item_bias holds NaN"):
+        artifact.load(copy)
+
+
+def _swap_first_items(manifest: dict) -> None:
+    ids = manifest["item_ids"]
+    ids[0], ids[1] = ids[1], ids[0]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _swap_first_items,
+        lambda m: m["model_config"].update(inner_steps=1),
+        lambda m: m.update(has_ratings=not m["has_ratings"]),
+        lambda m: m["user_features"]["occupation"].reverse(),
+        lambda m: m.update(model_version="deadbeefdeadbeef"),
+    ],
+    ids=["item map", "config", "has_ratings", "vocabulary", "version"],
+)
+def test_an_edited_manifest_no_longer_matches_its_version(saved, tmp_path: Path, edit) -> None:
+    copy = _copy(saved[0], tmp_path)
+    _rewrite(copy, edit, restamp=False)
+    with pytest.raises(ArtifactError, match="model_version does not match"):
         artifact.load(copy)
 
 
@@ -80,17 +123,21 @@ def test_garbage_with_a_matching_hash_is_still_refused(saved, tmp_path: Path) ->
     ("edit", "message"),
     [
         (lambda m: m.update(format_version=99), "format version 99"),
-        (lambda m: m.pop("item_ids"), "lacks item_ids"),
         (lambda m: m["item_ids"].append("extra"), "shape"),
         (lambda m: m["model_config"].update(dim=16), "shape"),
         (lambda m: m["model_config"].update(colour="red"), "does not fit"),
+        (lambda m: m["model_config"].update(dim="8"), "dim must be int"),
+        (lambda m: m["model_config"].update(init_prior=0), "init_prior must be > 0"),
+        (lambda m: m["model_config"].update(inner_steps=2.5), "inner_steps must be int"),
+        (lambda m: m.update(item_ids=None), "item_ids is a NoneType, not a list"),
+        (lambda m: m.update(user_features=[]), "user_features is a list, not a dict"),
+        (lambda m: m["item_ids"].__setitem__(0, 7), "item_ids is not a list of strings"),
+        (lambda m: m["item_ids"].__setitem__(0, m["item_ids"][1]), "repeats an id"),
     ],
 )
 def test_mismatched_manifest_is_refused(saved, tmp_path: Path, edit, message: str) -> None:
     copy = _copy(saved[0], tmp_path)
-    manifest = json.loads((copy / artifact.MANIFEST).read_text())
-    edit(manifest)
-    (copy / artifact.MANIFEST).write_text(json.dumps(manifest))
+    _rewrite(copy, edit)
     with pytest.raises(ArtifactError, match=message):
         artifact.load(copy)
 
@@ -99,6 +146,12 @@ def test_missing_or_invalid_manifest_is_refused(saved, tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="no manifest"):
         artifact.load(tmp_path)
     copy = _copy(saved[0], tmp_path)
+    _rewrite(copy, lambda m: m.pop("item_ids"), restamp=False)
+    with pytest.raises(ArtifactError, match="lacks item_ids"):
+        artifact.load(copy)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ArtifactError, match="not a model directory"):
+        artifact.load(tmp_path / "a_file")
     (copy / artifact.MANIFEST).write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):
         artifact.load(copy)

@@ -2,6 +2,7 @@
 one-line errors a user sees for bad input."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,16 @@ def test_train_then_evaluate_beats_popularity(tmp_path: Path, capsys) -> None:
     for k in ("3", "10"):
         assert ours[k]["ndcg@20"] > popularity[k]["ndcg@20"]
         assert ours[k]["mae"] is not None
+    assert results["model_version"] == manifest["model_version"]
+    assert results["model_config"]["dim"] == 16  # the model's, not the flags' default
     assert (out / "ndcg.png").stat().st_size > 0
     assert "coldstart" in (out / "results.md").read_text()
     assert "| ndcg@20 |" in capsys.readouterr().out
+    shutil.copytree(data, tmp_path / "no_users")
+    (tmp_path / "no_users" / "users.csv").unlink()
+    evaluate[2] = str(tmp_path / "no_users")
+    assert main(evaluate) == 2
+    assert "other user features" in capsys.readouterr().err
 
 
 def test_malformed_data_is_one_line_with_exit_code_2(tmp_path: Path, capsys) -> None:
