@@ -143,14 +143,17 @@ def build_model(ctx: Context, config: ModelConfig) -> ColdStartModel:
 def svd_item_vectors(data: Dataset, users: np.ndarray, dim: int) -> torch.Tensor:
     """(I, dim) V_d S_d of the training users' interaction matrix with cosine-normalised
     columns: V V^T is then the rank-d item-item cosine similarity that item-kNN ranks by,
-    so one inner step from the prior starts out as a low-rank item-kNN."""
+    so one inner step from the prior starts out as a low-rank item-kNN. A catalogue (or
+    user set) smaller than dim has fewer components; the missing columns start at zero."""
     rows = np.isin(data.users, users)
     matrix = torch.zeros(data.n_users, data.n_items)
     matrix[torch.from_numpy(data.users[rows]), torch.from_numpy(data.items[rows])] = 1.0
     matrix = matrix / matrix.sum(0).clamp(min=1).sqrt()
-    torch.manual_seed(0)  # svd_lowrank's random projection: the same vectors every run
-    _, values, right = torch.svd_lowrank(matrix, q=min(dim + 10, *matrix.shape), niter=6)
-    return right[:, :dim] * values[:dim]
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+        torch.manual_seed(0)  # svd_lowrank's random projection: the same vectors every run
+        _, values, right = torch.svd_lowrank(matrix, q=min(dim + 10, *matrix.shape), niter=6)
+    vectors = right[:, :dim] * values[:dim]
+    return torch.nn.functional.pad(vectors, (0, dim - vectors.shape[1]))
 
 
 def _optimizer(model: ColdStartModel, config: TrainConfig) -> torch.optim.Optimizer:

@@ -83,3 +83,10 @@ def test_an_episode_splits_each_history_into_support_and_query(untimed) -> None:
         assert not shown & asked
         assert shown == set(torch.nonzero(query.hidden[row]).flatten().tolist())
         assert (query.weights[row] > 0).sum() == len(asked)
+
+
+def test_a_catalogue_smaller_than_dim_starts_the_missing_components_at_zero(ctx) -> None:
+    model = build_model(ctx, ModelConfig(dim=ctx.data.n_items + 4))  # 60 items, 64 dims
+    vectors = model.item_embedding.detach()
+    assert vectors.shape == (ctx.data.n_items, ctx.data.n_items + 4)
+    assert (vectors[:, -4:] == 0).all() and vectors[:, 0].abs().sum() > 0
