@@ -104,8 +104,15 @@ def _episode_metrics(method, ctx: Context, users: np.ndarray, ks: np.ndarray) ->
     recall, ndcg = rank_metrics(method.scores, ctx, users, ks)
     numbers = {"recall@20": recall.mean(), "ndcg@20": ndcg.mean()}
     if ctx.seqs.ratings is not None:
-        numbers |= {name: v.mean() for name, v in _rating_metrics(method, ctx, users, ks).items()}
+        rating = _rating_metrics(method, ctx, users, ks)
+        numbers |= {name: _mean_of_defined(v) for name, v in rating.items()}
     return {name: float(v) for name, v in numbers.items()}
+
+
+def _mean_of_defined(values: np.ndarray) -> float:
+    """Mean over the users a metric is defined for; NaN when it is defined for none."""
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if len(defined) else float("nan")
 
 
 def _melu_users(ctx: Context) -> tuple[np.ndarray, np.ndarray]:

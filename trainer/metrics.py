@@ -32,13 +32,20 @@ def recall_ndcg(ranked: np.ndarray, relevant: list[np.ndarray], k: int) -> tuple
 
 
 def graded_ndcg(predicted: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """NDCG@k of one user's items ranked by prediction, with the true ratings as gains."""
+    """NDCG@k of one user's items ranked by prediction, with the true ratings as gains.
+
+    A negative rating gains nothing (a disliked item is no hit, and a negative gain would
+    make NDCG leave [0, 1]); a user with no positive rating has no ideal ranking to compare
+    with, and gets NaN, which the evaluation leaves out of its mean.
+    """
+    gains = np.maximum(truth, 0.0)
     discounts = _discounts(k)
-    ranked = truth[np.argsort(-predicted, kind="stable")][:k]
-    ideal = np.sort(truth)[::-1][:k]
-    return float(
-        (ranked * discounts[: len(ranked)]).sum() / (ideal * discounts[: len(ideal)]).sum()
-    )
+    ranked = gains[np.argsort(-predicted, kind="stable")][:k]
+    ideal = np.sort(gains)[::-1][:k]
+    best = (ideal * discounts[: len(ideal)]).sum()
+    if best <= 0:
+        return float("nan")
+    return float((ranked * discounts[: len(ranked)]).sum() / best)
 
 
 def mae_rmse(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from trainer.evaluate import _mean_of_defined
 from trainer.metrics import graded_ndcg, mae_rmse, recall_ndcg
 
 
@@ -32,7 +33,18 @@ def test_graded_ndcg_uses_ratings_as_gains() -> None:
     assert graded_ndcg(np.array([0.1, 0.5, 0.9]), truth, 3) == pytest.approx(reversed_dcg / ideal)
 
 
+def test_graded_ndcg_gives_negative_ratings_no_gain_and_no_ideal_nan() -> None:
+    liked_last = graded_ndcg(np.array([0.9, 0.5, 0.1]), np.array([-1.0, -1.0, 1.0]), 3)
+    assert liked_last == pytest.approx((1 / np.log2(4)) / 1.0)
+    assert np.isnan(graded_ndcg(np.array([0.9, 0.1]), np.array([0.0, -1.0]), 3))
+
+
 def test_mae_rmse() -> None:
     mae, rmse = mae_rmse(np.array([1.0, 4.0]), np.array([2.0, 2.0]))
     assert mae == pytest.approx(1.5)
     assert rmse == pytest.approx(np.sqrt(2.5))
+
+
+def test_users_without_a_defined_metric_are_left_out_of_its_mean() -> None:
+    assert _mean_of_defined(np.array([np.nan, 1.0, 3.0])) == 2.0
+    assert np.isnan(_mean_of_defined(np.array([np.nan, np.nan])))
