@@ -79,6 +79,8 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
+    if args.users < 1 or args.items < 1:
+        raise ColdstartError(f"--users and --items must be >= 1, got {args.users} and {args.items}")
     write_synthetic(args.out, args.users, args.items, args.seed)
     print(f"wrote a synthetic data set ({args.users} users, {args.items} items) to {args.out}")
 

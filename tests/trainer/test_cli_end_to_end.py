@@ -86,3 +86,16 @@ def test_impossible_settings_are_one_line_with_exit_code_2(
     error = capsys.readouterr().err.strip()
     assert code == 2
     assert message in error and "\n" not in error
+
+
+def test_a_path_of_the_wrong_kind_is_one_line_with_exit_code_2(tmp_path: Path, capsys) -> None:
+    (tmp_path / "a_file").write_text("")
+    assert main(["synth", "--out", str(tmp_path / "a_file")]) == 2
+    assert main(["synth", "--out", str(tmp_path / "d"), "--users", "40", "--items", "20"]) == 0
+    (tmp_path / "d" / "users.csv").unlink()
+    (tmp_path / "d" / "users.csv").mkdir()  # a side file that is a directory
+    assert main(["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "m")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors[0].startswith("coldstart: error:") and "a_file" in errors[0]
+    assert errors[1].startswith("coldstart: error:") and "users.csv" in errors[1]
+    assert len(errors) == 2
