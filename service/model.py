@@ -112,9 +112,15 @@ class ServingModel:
         return vector
 
     def interactions(self, history: History) -> list[Interaction]:
-        """The history as this model's interactions; items it does not know are skipped.
-        HistoryError when a stored entry is unreadable."""
-        return [x for x in map(self._interaction, history.parts) if x is not None]
+        """The history as this model's interactions: each item once, at its first event, as
+        training reads a history (trainer.data); items the model does not know are skipped.
+        A view then a click on one item must not pull the user twice as far towards it as
+        the model learned. HistoryError when a stored entry is unreadable."""
+        first: dict[int, Interaction] = {}
+        for interaction in map(self._interaction, history.parts):
+            if interaction is not None:
+                first.setdefault(interaction[0], interaction)
+        return list(first.values())
 
     def seen(self, history: History) -> list[int] | None:
         """The indices of the history's items this model knows; None when an entry is

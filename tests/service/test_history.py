@@ -60,6 +60,12 @@ def test_interactions_skip_items_the_model_lacks(model: ServingModel) -> None:
     assert model.interactions(stored) == [(0, None), (5, 4.0)]
 
 
+def test_interactions_keep_each_items_first_event(model: ServingModel) -> None:
+    a, b = model.item_ids[0], model.item_ids[5]
+    stored = History([HistoryEntry(a, None), HistoryEntry(b, 4.0), HistoryEntry(a, 5.0)])
+    assert model.interactions(stored) == [(0, None), (5, 4.0)]
+
+
 @pytest.mark.parametrize("rating", ["four", "nan", "inf", "-inf", "1e999"])
 def test_an_unreadable_rating_is_a_clear_error(model: ServingModel, rating: str) -> None:
     broken = History.decode(f"{model.item_ids[0]}\x1f{rating}".encode())
