@@ -143,8 +143,7 @@ def _require_same_data(loaded: artifact.Artifact, data: Dataset) -> None:
     manifest = loaded.manifest
     if manifest["dataset"].get("fingerprint") != artifact.data_fingerprint(data):
         raise ColdstartError("--model was trained on different data than --data")
-    vocab = {name: data.user_vocab[name] for name in sorted(data.user_features)}
-    if manifest["user_features"] != vocab:
+    if manifest["user_features"] != data.user_vocab:  # dicts: the same whatever the key order
         raise ColdstartError("--model was trained with other user features than --data has")
     if manifest["item_feature_names"] != data.item_feature_names:
         raise ColdstartError("--model was trained with other item features than --data has")
