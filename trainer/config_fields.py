@@ -29,6 +29,6 @@ def check_fields(config, positive: tuple[str, ...], non_negative: tuple[str, ...
 
 
 def _is_a(value: object, kind: type) -> bool:
-    if isinstance(value, bool) or kind is bool:  # bool is an int to Python, not to a config
-        return isinstance(value, bool) and kind is bool
-    return isinstance(value, int) if kind is int else isinstance(value, int | float)
+    if kind is bool or isinstance(value, bool):  # bool is an int to Python, not to a config
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, int if kind is int else int | float)
