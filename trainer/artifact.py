@@ -31,7 +31,9 @@ from trainer.errors import ArtifactError
 from trainer.model import ColdStartModel, ModelConfig
 
 # 2: model_version hashes the feature vocabularies and has_ratings too, and loading checks it.
-FORMAT_VERSION = 2
+# 3: it hashes the seed and the data fingerprint too (they choose evaluate's test users), and
+#    the fingerprint covers the raw user ids (the split hashes them).
+FORMAT_VERSION = 3
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 _REQUIRED = {  # key: its JSON type
@@ -44,10 +46,14 @@ _REQUIRED = {  # key: its JSON type
     "has_ratings": bool,
     "weights_sha256": str,
     "dataset": dict,
+    "seed": int,
 }
-# What decides the scores a model gives: the model version is a hash of these.
+# What decides the scores a model gives, and on which users it may be tested: the model
+# version is a hash of these.
 _IDENTITY = (
     "weights_sha256",
+    "seed",
+    "dataset",
     "model_config",
     "item_ids",
     "user_features",
@@ -71,12 +77,15 @@ class Artifact:
 
 
 def data_fingerprint(data: Dataset) -> str:
-    """A hash of the interactions, to tell which data a model was trained on."""
+    """A hash of the interactions, to tell which data a model was trained on. The raw user
+    ids are in it because the split hashes them: the same file with users renamed puts other
+    users in the test set."""
     digest = hashlib.sha256()
     for array in (data.users, data.items, data.ratings, data.timestamps):
         if array is not None:
             digest.update(np.ascontiguousarray(array).tobytes())
-    digest.update("\n".join(data.item_ids).encode())
+    for ids in (data.item_ids, data.user_ids):
+        digest.update("\n".join(ids).encode() + b"\0")
     return digest.hexdigest()
 
 
@@ -95,7 +104,8 @@ def _version(package: str) -> str:
 
 
 def save(model: ColdStartModel, data: Dataset, out: Path, extra: dict) -> dict:
-    """Writes the artifact into `out`; returns the manifest. `extra` adds keys (metrics, seed)."""
+    """Writes the artifact into `out`; returns the manifest. `extra` adds keys: the split's
+    seed (required), metrics."""
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = save_tensors(state)
@@ -120,8 +130,9 @@ def save(model: ColdStartModel, data: Dataset, out: Path, extra: dict) -> dict:
         **extra,
     }
     manifest["model_version"] = content_version(manifest)
-    # Weights first, manifest last, each replaced atomically: a service polling this directory
-    # sees the old artifact, or a new manifest whose hash the weights match, never a torn file.
+    # Weights first, manifest last, each replaced atomically. A service polling the manifest
+    # sees the old version (and loads nothing) until the new manifest lands, whose hash the new
+    # weights match; a load between the two renames is refused (old manifest, new weights).
     _replace(out / WEIGHTS, weights)
     _replace(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
@@ -225,8 +236,8 @@ def load(model_dir: str | Path) -> Artifact:
             f"{root / MANIFEST}: model_version does not match the manifest's contents (edited?)"
         )
     tensors = _read_weights(root / WEIGHTS, manifest["weights_sha256"])
-    model = _build(manifest)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes only: a forged config cannot make us allocate it
+        expected = _build(manifest).state_dict()
     if set(tensors) != set(expected):
         difference = sorted(set(tensors) ^ set(expected))
         raise ArtifactError(f"{root / WEIGHTS}: tensors do not match the manifest: {difference}")
@@ -239,6 +250,7 @@ def load(model_dir: str | Path) -> Artifact:
             )
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ArtifactError(f"{root / WEIGHTS}: {name} holds NaN or infinite values")
+    model = _build(manifest)
     model.load_state_dict(tensors)
     model.eval()
     return Artifact(model, manifest)

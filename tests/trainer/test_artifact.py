@@ -1,5 +1,6 @@
 """Artifact round trip, and refusal of a corrupt, truncated or mismatched artifact."""
 
+import dataclasses
 import hashlib
 import json
 from importlib.metadata import PackageNotFoundError
@@ -109,8 +110,10 @@ def _swap_first_items(manifest: dict) -> None:
         lambda m: m.update(has_ratings=not m["has_ratings"]),
         lambda m: m["user_features"]["occupation"].reverse(),
         lambda m: m.update(model_version="deadbeefdeadbeef"),
+        lambda m: m.update(seed=1),
+        lambda m: m["dataset"].update(fingerprint="0" * 64),
     ],
-    ids=["item map", "config", "has_ratings", "vocabulary", "version"],
+    ids=["item map", "config", "has_ratings", "vocabulary", "version", "seed", "fingerprint"],
 )
 def test_an_edited_manifest_no_longer_matches_its_version(saved, tmp_path: Path, edit) -> None:
     copy = _copy(saved[0], tmp_path)
@@ -125,6 +128,8 @@ def test_an_edited_manifest_no_longer_matches_its_version(saved, tmp_path: Path,
         (lambda m: m.update(format_version=99), "format version 99"),
         (lambda m: m["item_ids"].append("extra"), "shape"),
         (lambda m: m["model_config"].update(dim=16), "shape"),
+        # 360 GB if it were allocated before the shapes are compared
+        (lambda m: m["model_config"].update(dim=300_000), "shape"),
         (lambda m: m["model_config"].update(colour="red"), "does not fit"),
         (lambda m: m["model_config"].update(dim="8"), "dim must be int"),
         (lambda m: m["model_config"].update(init_prior=0), "init_prior must be > 0"),
@@ -173,3 +178,11 @@ def test_a_source_checkout_without_package_metadata_still_saves(
     assert manifest["versions"]["coldstart"] == "not installed"
     assert manifest["versions"]["torch"] == "1.0"
     assert artifact.load(tmp_path / "model").version == manifest["model_version"]
+
+
+def test_the_fingerprint_tells_renamed_users_apart(tmp_path: Path) -> None:
+    """The split hashes raw user ids, so renamed users are another split of the same events."""
+    write_synthetic(tmp_path / "data", n_users=30, n_items=20, seed=0)
+    data = load_dataset(tmp_path / "data")
+    renamed = dataclasses.replace(data, user_ids=[f"x{u}" for u in data.user_ids])
+    assert artifact.data_fingerprint(renamed) != artifact.data_fingerprint(data)
