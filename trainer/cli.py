@@ -41,14 +41,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _int_list(text: str) -> list[int]:
+def _non_negative(text: str) -> int:
+    """A seed or a support size: numpy's generators refuse negative seeds with a traceback."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of integers"
-        ) from None
-    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: need an integer >= 0")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    values = [_non_negative(v) for v in text.split(",") if v.strip()]
+    if not values:
         raise argparse.ArgumentTypeError(f"{text!r}: need one or more integers >= 0")
     return values
 
@@ -86,6 +92,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after training
     data = load_dataset(args.data, args.format)
     device = resolve_device(args.device)
     ctx = make_context(data, args.seed, args.support_sizes, device)
@@ -119,6 +126,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after fitting
     data = load_dataset(args.data, args.format)
     loaded = artifact.load(args.model) if args.model else None
     seeds, model_config = args.seeds or DEFAULT_SEEDS, _config(ModelConfig, args)
@@ -165,13 +173,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--out", required=True, type=Path)
     synth.add_argument("--users", type=int, default=600)
     synth.add_argument("--items", type=int, default=300)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=_non_negative, default=0)
     synth.set_defaults(run=cmd_synth)
 
     train = commands.add_parser("train", help="meta-train a model and write its artifact")
     _add_data_flags(train)
     train.add_argument("--out", required=True, type=Path, help="model directory to write")
-    train.add_argument("--seed", type=int, default=0, help="user split and initialisation")
+    train.add_argument(
+        "--seed", type=_non_negative, default=0, help="user split and initialisation"
+    )
     train.add_argument(
         "--support-sizes",
         type=_int_list,

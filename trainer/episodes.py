@@ -45,6 +45,11 @@ class Context:
     seed: int
     device: torch.device
 
+    def training_users(self) -> np.ndarray:
+        """Training users who can give an episode: a support event and a query event."""
+        train = self.split.train
+        return train[self.seqs.lengths[train] >= 2]
+
     def validation_users(self) -> np.ndarray:
         """Validation users long enough for every support size (the test rule)."""
         valid = self.split.valid
@@ -63,8 +68,10 @@ def require_validation_users(ctx: Context) -> None:
 def make_context(
     data: Dataset, seed: int, support_sizes: list[int], device: torch.device
 ) -> Context:
-    """The seed's user split and protocol order: what training and evaluation share."""
-    return Context(
+    """The seed's user split and protocol order: what training and evaluation share.
+    Every method learns from training users, so a split without one that has two
+    interactions is refused here, once, rather than as a crash inside each method."""
+    ctx = Context(
         data=data,
         seqs=protocol_order(data, seed),
         split=split_users(data, seed),
@@ -73,6 +80,12 @@ def make_context(
         seed=seed,
         device=device,
     )
+    if not len(ctx.training_users()):
+        raise DataError(
+            f"{data.name}, seed {seed}: no training user has 2 interactions "
+            "(one to adapt on, one to score); nothing to learn from"
+        )
+    return ctx
 
 
 def masked_scores(score_fn: ScoreFn, support: Support) -> torch.Tensor:

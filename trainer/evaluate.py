@@ -106,13 +106,14 @@ def _episode_metrics(method, ctx: Context, users: np.ndarray, ks: np.ndarray) ->
     if ctx.seqs.ratings is not None:
         rating = _rating_metrics(method, ctx, users, ks)
         numbers |= {name: _mean_of_defined(v) for name, v in rating.items()}
-    return {name: float(v) for name, v in numbers.items()}
+    return {name: None if v is None else float(v) for name, v in numbers.items()}
 
 
-def _mean_of_defined(values: np.ndarray) -> float:
-    """Mean over the users a metric is defined for; NaN when it is defined for none."""
+def _mean_of_defined(values: np.ndarray) -> float | None:
+    """Mean over the users a metric is defined for; None (JSON null) when it is defined for
+    none, as for a method that predicts no ratings."""
     defined = values[~np.isnan(values)]
-    return float(defined.mean()) if len(defined) else float("nan")
+    return float(defined.mean()) if len(defined) else None
 
 
 def _melu_users(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
@@ -154,17 +155,12 @@ def aggregate(per_seed: list[dict]) -> dict:
         combined[name] = {}
         for key, metrics in by_k.items():
             values = {m: [run["methods"][name][key][m] for run in per_seed] for m in metrics}
-            row = {m: _mean_or_none(v) for m, v in values.items()}
+            row = {m: None if None in v else float(np.mean(v)) for m, v in values.items()}
             row["ndcg@20_std"] = float(np.std(values["ndcg@20"]))
             row.setdefault("mae", None)
             row.setdefault("rmse", None)
             combined[name][key] = row
     return combined
-
-
-def _mean_or_none(values: list[float]) -> float | None:
-    mean = float(np.mean(values))
-    return None if np.isnan(mean) else mean
 
 
 def all_methods(
@@ -200,7 +196,7 @@ def run(data: Dataset, out: Path, options: EvalOptions, artifact: Artifact | Non
         results["train_config"] = artifact.manifest.get("train_config")
         results["model_version"] = artifact.version
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     # Imported here: the report module pulls in matplotlib, which training never needs.
     from trainer.report import write_markdown, write_plot
 

@@ -183,7 +183,7 @@ def meta_train(
     started = time.perf_counter()
     model = build_model(ctx, model_config).to(ctx.device)
     optimizer = _optimizer(model, config)
-    users = ctx.split.train[ctx.seqs.lengths[ctx.split.train] >= 2]
+    users = ctx.training_users()
     best = (validation_ndcg(score_fn(model), ctx), 0, copy.deepcopy(model.state_dict()))
     stale, history = 0, [{"step": 0, "valid_ndcg@20": best[0]}]
     bar = tqdm(

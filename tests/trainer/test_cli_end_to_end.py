@@ -20,7 +20,8 @@ def test_train_then_evaluate_beats_popularity(tmp_path: Path, capsys) -> None:
     assert manifest["seed"] == 0 and manifest["validation"]["valid_ndcg@20"] > 0
     evaluate = ["evaluate", "--data", str(data), "--out", str(out), "--model", str(model)]
     assert main([*evaluate, "--support-sizes", "0,3,10"]) == 0
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(), parse_constant=_not_json)
+    assert results["per_seed"][0]["methods"]["item_knn"]["3"]["mae"] is None  # null, not NaN
     assert set(results["methods"]) == {"popularity", "item_knn", "mf_finetune", "melu", "coldstart"}
     ours, popularity = results["methods"]["coldstart"], results["methods"]["popularity"]
     for k in ("3", "10"):
@@ -36,6 +37,11 @@ def test_train_then_evaluate_beats_popularity(tmp_path: Path, capsys) -> None:
     evaluate[2] = str(tmp_path / "no_users")
     assert main(evaluate) == 2
     assert "other user features" in capsys.readouterr().err
+
+
+def _not_json(constant: str) -> None:
+    """json.loads accepts NaN and Infinity, which strict parsers (and the contract) do not."""
+    raise AssertionError(f"results.json holds {constant}")
 
 
 def test_malformed_data_is_one_line_with_exit_code_2(tmp_path: Path, capsys) -> None:
@@ -99,3 +105,31 @@ def test_a_path_of_the_wrong_kind_is_one_line_with_exit_code_2(tmp_path: Path, c
     assert errors[0].startswith("coldstart: error:") and "a_file" in errors[0]
     assert errors[1].startswith("coldstart: error:") and "users.csv" in errors[1]
     assert len(errors) == 2
+
+
+def test_a_bad_out_directory_fails_before_any_work(tmp_path: Path, capsys) -> None:
+    """Checked first: --data does not exist either, and the error is about --out."""
+    (tmp_path / "a_file").write_text("")
+    for command in ("train", "evaluate"):
+        args = [command, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "a_file")]
+        assert main(args) == 2
+        error = capsys.readouterr().err.strip()
+        assert "a_file" in error and "nowhere" not in error
+
+
+def test_no_training_user_with_two_interactions_is_one_line(tmp_path: Path, capsys) -> None:
+    rows = "".join(f"u{u},i{u % 7}\n" for u in range(200))  # every user has one event
+    (tmp_path / "interactions.csv").write_text("user_id,item_id\n" + rows)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "no training user has 2 interactions" in error and "\n" not in error
+
+
+@pytest.mark.parametrize("command", ["synth", "train"])
+def test_a_negative_seed_is_a_usage_error(tmp_path: Path, capsys, command: str) -> None:
+    """numpy refuses negative seeds with a traceback, so argparse refuses them first."""
+    args = [command, "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--seed", "-1"]
+    with pytest.raises(SystemExit) as exited:  # argparse's exit, as for any bad flag
+        main(args if command == "train" else [command, *args[3:]])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("argument --seed: '-1': need an integer >= 0")
