@@ -119,22 +119,44 @@ def _read_table(path: Path, sep: str, encoding: str, n_fields: int | None = None
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise DataError(f"{path.name} line {line}: not valid UTF-8") from None
+    text = text.replace("\r\n", "\n")
+    if "\r" in text:  # a line break to some readers and part of a field to others
+        line = text.count("\n", 0, text.index("\r")) + 1
+        raise DataError(f"{path.name} line {line}: a carriage return inside a line")
     # str.splitlines would also break at \x85 and \x1c, which are characters in ISO-8859-1.
-    lines = text.replace("\r\n", "\n").rstrip("\n").split("\n") if text.strip() else []
+    lines = text.rstrip("\n").split("\n") if text.strip() else []
     with _no_gc():
-        rows = list(csv.reader(lines)) if sep == "," else [line.split(sep) for line in lines]
+        rows = _csv_rows(lines, path.name) if sep == "," else [line.split(sep) for line in lines]
     header: list[str] = []
     if n_fields is None:
         if not rows:
             raise DataError(f"{path.name}: empty file, expected a header line")
         header = [name.strip() for name in rows.pop(0)]
         n_fields = len(header)
+        repeated = next((name for i, name in enumerate(header) if name in header[:i]), None)
+        if repeated is not None:
+            raise DataError(f"{path.name} line 1: column {repeated!r} appears twice in the header")
     table = _Table(path.name, rows, 2 if header else 1, header)
     if not set(map(len, rows)) <= {n_fields}:
         bad = next(i for i, r in enumerate(rows) if len(r) != n_fields)
         kind = _SEPARATOR_NAMES[sep]
         raise table.error(bad, f"expected {n_fields} {kind}-separated fields, got {len(rows[bad])}")
     return table
+
+
+def _csv_rows(lines: list[str], name: str) -> list[list[str]]:
+    """One csv row per line, with quoting. A quoted field may not run past its line: an
+    unclosed quote would otherwise swallow the rest of the file into one field."""
+    reader = csv.reader(lines)
+    try:
+        rows = list(reader)
+    except csv.Error as error:
+        raise DataError(f"{name} line {reader.line_num}: {error}") from None
+    if len(rows) != len(lines):  # only on failure: find the line, in a slower Python loop
+        reader = csv.reader(lines)
+        line = next(i for i, _ in enumerate(reader, 1) if reader.line_num != i)
+        raise DataError(f"{name} line {line}: a quoted field runs past the end of the line")
+    return rows
 
 
 def _numbers(table: _Table, values: list[str], dtype: type, what: str) -> np.ndarray:

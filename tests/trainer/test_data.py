@@ -283,6 +283,26 @@ MALFORMED = [
     ),
     (
         "csv",
+        {"interactions.csv": 'user_id,item_id\n1,2\n1,"3\n2,4\n2,5\n'},
+        "interactions.csv line 3: a quoted field runs past the end of the line",
+    ),
+    (
+        "csv",
+        {"interactions.csv": "user_id,item_id\r1,2\r1,3\r"},
+        "interactions.csv line 1: a carriage return inside a line",
+    ),
+    (
+        "csv",
+        {"interactions.csv": "user_id,item_id\n1,2\n1," + "x" * 200_000 + "\n"},
+        "interactions.csv line 3: field larger than field limit (131072)",
+    ),
+    (
+        "csv",
+        {"users.csv": "user_id,age,age\nalice,30,31\n"},
+        "users.csv line 1: column 'age' appears twice in the header",
+    ),
+    (
+        "csv",
         {"interactions.csv": "user,item_id\n1,2\n"},
         "interactions.csv line 1: header has no column 'user_id' (has user,item_id)",
     ),
