@@ -28,10 +28,18 @@ def test_train_then_evaluate_beats_popularity(tmp_path: Path, capsys) -> None:
         assert ours[k]["ndcg@20"] > popularity[k]["ndcg@20"]
         assert ours[k]["mae"] is not None
     assert results["model_version"] == manifest["model_version"]
+    assert results["seeds"] == [0]  # the model's own split: other seeds test its training users
     assert results["model_config"]["dim"] == 16  # the model's, not the flags' default
     assert (out / "ndcg.png").stat().st_size > 0
     assert "coldstart" in (out / "results.md").read_text()
     assert "| ndcg@20 |" in capsys.readouterr().out
+    assert main([*evaluate, "--seeds", "1"]) == 2
+    assert "trained on the split of seed 0" in capsys.readouterr().err
+    shutil.copytree(data, tmp_path / "fewer")
+    interactions = tmp_path / "fewer" / "interactions.csv"
+    interactions.write_text("".join(interactions.read_text().splitlines(keepends=True)[:-1]))
+    assert main([*evaluate[:2], str(tmp_path / "fewer"), *evaluate[3:]]) == 2
+    assert "trained on different data" in capsys.readouterr().err
     shutil.copytree(data, tmp_path / "no_users")
     (tmp_path / "no_users" / "users.csv").unlink()
     evaluate[2] = str(tmp_path / "no_users")

@@ -18,6 +18,12 @@ def test_recall_and_ndcg_by_hand() -> None:
     assert ndcg[0] == pytest.approx(dcg / idcg)
 
 
+def test_recall_is_normalised_by_what_the_cut_off_can_hold() -> None:
+    """Five relevant items and a top 2: two hits are a perfect Recall@2, not 2/5."""
+    recall, ndcg = recall_ndcg(np.array([[3, 1]]), [np.array([1, 2, 3, 4, 5])], k=2)
+    assert recall.tolist() == [1.0] and ndcg.tolist() == [1.0]
+
+
 def test_perfect_and_empty_rankings() -> None:
     ranked = np.array([[1, 2], [3, 4]])
     recall, ndcg = recall_ndcg(ranked, [np.array([2, 1]), np.array([9])], k=2)

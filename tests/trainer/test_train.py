@@ -16,6 +16,7 @@ from trainer.train import (
     build_model,
     calibrate_step,
     episode_histories,
+    query_loss,
     sample_episodes,
     score_fn,
 )
@@ -90,3 +91,34 @@ def test_a_catalogue_smaller_than_dim_starts_the_missing_components_at_zero(ctx)
     vectors = model.item_embedding.detach()
     assert vectors.shape == (ctx.data.n_items, ctx.data.n_items + 4)
     assert (vectors[:, -4:] == 0).all() and vectors[:, 0].abs().sum() > 0
+
+
+def test_the_query_loss_ignores_the_support_items(untimed) -> None:
+    """They are hidden from the ranking, so how high the model puts them must not matter.
+    One episode per batch: the item biases are shared, and another user may be asked for
+    this user's support items."""
+    config = TrainConfig(users_per_step=1, max_support=5)
+    rng = np.random.default_rng(2)
+    support, query = sample_episodes(untimed, untimed.training_users(), config, rng)
+    assert support.mask.sum() > 0
+    model = build_model(untimed, ModelConfig(dim=8))
+    users = model.adapt(support).detach()
+    before = query_loss(model, users, query)
+    with torch.no_grad():  # push every support item to the top
+        model.item_bias[support.items[support.mask > 0]] += 50.0
+    torch.testing.assert_close(query_loss(model, users, query), before)
+
+
+def test_first_order_drops_the_second_order_terms_of_the_meta_gradient(untimed) -> None:
+    config = TrainConfig(users_per_step=16, max_support=5)
+    support, query = sample_episodes(
+        untimed, untimed.training_users(), config, np.random.default_rng(3)
+    )
+    torch.manual_seed(0)
+    model = build_model(untimed, ModelConfig(dim=8))
+    gradients = []
+    for first_order in (False, True):
+        model.zero_grad()
+        query_loss(model, model.adapt(support, first_order), query).backward()
+        gradients.append(model.item_embedding.grad.clone())
+    assert not torch.allclose(gradients[0], gradients[1])
