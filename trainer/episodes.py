@@ -20,6 +20,7 @@ from trainer.split import (
     Sequences,
     Support,
     UserSplit,
+    min_length,
     protocol_order,
     query_sets,
     split_users,
@@ -53,14 +54,14 @@ class Context:
     def validation_users(self) -> np.ndarray:
         """Validation users long enough for every support size (the test rule)."""
         valid = self.split.valid
-        return valid[self.seqs.lengths[valid] >= max(self.support_sizes) + 5]
+        return valid[self.seqs.lengths[valid] >= min_length(max(self.support_sizes))]
 
 
 def require_validation_users(ctx: Context) -> None:
     """Methods that tune on validation users cannot run without any: say so plainly."""
     if not len(ctx.validation_users()):
         raise DataError(
-            f"{ctx.data.name}: no validation user has the {max(ctx.support_sizes) + 5} "
+            f"{ctx.data.name}: no validation user has the {min_length(max(ctx.support_sizes))} "
             "interactions the largest support size needs; nothing to tune on"
         )
 

@@ -32,7 +32,7 @@ from trainer.episodes import Context, batches, make_context, rank_metrics
 from trainer.errors import DataError
 from trainer.metrics import graded_ndcg, mae_rmse
 from trainer.model import ModelConfig
-from trainer.split import eligible_test_users
+from trainer.split import eligible_test_users, min_length
 from trainer.train import TrainConfig, meta_train
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def evaluate_seed(data: Dataset, seed: int, methods: list, options: EvalOptions)
     else:
         users = eligible_test_users(ctx.seqs, ctx.split, max(options.support_sizes))
         episodes = {str(k): np.full(len(users), k) for k in options.support_sizes}
-        needed = f"at least {max(options.support_sizes) + 5}"
+        needed = f"at least {min_length(max(options.support_sizes))}"
     if not len(users):
         raise DataError(f"{data.name}, seed {seed}: no test user has {needed} interactions")
     results = {}

@@ -143,6 +143,11 @@ def query_sets(seqs: Sequences, users: np.ndarray, ks: np.ndarray) -> list[np.nd
     ]
 
 
+def min_length(max_k: int) -> int:
+    """Interactions a test or validation user needs: a support set of every size up to max_k
+    and still 5 left to ask for, so that every k is measured on the same users."""
+    return max_k + 5
+
+
 def eligible_test_users(seqs: Sequences, split: UserSplit, max_k: int) -> np.ndarray:
-    """Test users with at least max_k + 5 interactions: the same users for every k."""
-    return split.test[seqs.lengths[split.test] >= max_k + 5]
+    return split.test[seqs.lengths[split.test] >= min_length(max_k)]

@@ -197,7 +197,6 @@ def meta_train(
         loss.backward()
         optimizer.step()
         if step % config.eval_every == 0:
-            model.eval()
             ndcg = validation_ndcg(score_fn(model), ctx)
             history.append({"step": step, "loss": loss.item(), "valid_ndcg@20": ndcg})
             if ndcg > best[0]:

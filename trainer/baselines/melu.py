@@ -198,7 +198,7 @@ class MeLU:
             if epoch % self.eval_every == 0 or epoch == self.epochs:
                 ndcg = validation_ndcg(self.scores, ctx)
                 if ndcg > best:
-                    best, state, self.best_epoch = ndcg, copy.deepcopy(self.net.state_dict()), epoch
+                    best, state = ndcg, copy.deepcopy(self.net.state_dict())
         self.net.load_state_dict(state)
 
     def _batches(self, ctx: Context) -> int:

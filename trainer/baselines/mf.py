@@ -105,16 +105,15 @@ class MatrixFactorisation:
         counts, ratings = (t.to(ctx.device) for t in targets)  # (U, I) each
         best = -1.0
         for decay in self.weight_decays:
-            for epoch, factors in self._train(ctx, counts, ratings, decay):
+            for factors in self._train(ctx, counts, ratings, decay):
                 ndcg = self._select_rule(copy.deepcopy(factors).requires_grad_(False), ctx)
                 if ndcg > best:
                     best, chosen = ndcg, (self.tables, self.mean_user, self.rule)
-                    self.chosen = {"weight_decay": decay, "epoch": epoch}
         self.tables, self.mean_user, self.rule = chosen
 
     def _train(
         self, ctx: Context, counts: torch.Tensor, ratings: torch.Tensor, decay: float
-    ) -> Iterator[tuple[int, _Factors]]:
+    ) -> Iterator[_Factors]:
         """Train from scratch, yielding the factors at every checkpoint epoch."""
         gen = torch.Generator().manual_seed(ctx.seed)
         factors = _Factors(len(counts), ctx.data.n_items, self.dim, gen)
@@ -145,7 +144,7 @@ class MatrixFactorisation:
                 loss.backward()
                 optimiser.step()
             if epoch % self.eval_every == 0 or epoch == self.epochs:
-                yield epoch, factors
+                yield factors
 
     def _select_rule(self, factors: _Factors, ctx: Context) -> float:
         """Take these factors and the validation-best inner rule; return its validation NDCG."""
