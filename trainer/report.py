@@ -12,22 +12,24 @@ import matplotlib.pyplot as plt
 OURS = "coldstart"
 
 
-def _cell(row: dict, metric: str) -> str:
+def _cell(row: dict, metric: str, spread: bool) -> str:
     value = row.get(metric)
     if value is None:
         return "-"
-    if metric == "ndcg@20":
+    if metric == "ndcg@20" and spread:
         return f"{value:.4f} ± {row['ndcg@20_std']:.4f}"
     return f"{value:.4f}"
 
 
 def _table(results: dict, metric: str) -> list[str]:
-    methods = results["methods"]
+    methods, spread = results["methods"], len(results["seeds"]) > 1
     keys = list(next(iter(methods.values())))
     lines = [f"| {metric} | " + " | ".join(f"k={k}" for k in keys) + " |"]
     lines.append("|---" * (len(keys) + 1) + "|")
     for name, by_k in methods.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(by_k[k], metric) for k in keys) + " |")
+        lines.append(
+            f"| {name} | " + " | ".join(_cell(by_k[k], metric, spread) for k in keys) + " |"
+        )
     return lines
 
 
@@ -46,11 +48,13 @@ def _gains(results: dict) -> list[str]:
 def write_markdown(results: dict, path: Path) -> None:
     metrics = ["ndcg@20", "recall@20", "mae", "rmse", "ndcg@3"]
     present = next(iter(next(iter(results["methods"].values())).values()))
+    # Each seed is its own split, so each has its own number of test users.
+    counts = " / ".join(str(run["n_test_users"]) for run in results["per_seed"])
+    spread = " (± standard deviation over seeds)" if len(results["seeds"]) > 1 else ""
     lines = [
         f"# {results['dataset']}: {results['protocol']['name']} protocol",
         "",
-        f"{results['n_test_users']} test users; seeds {results['seeds']}; "
-        "mean over seeds (± standard deviation over seeds).",
+        f"{counts} test users in seeds {results['seeds']}; mean over seeds{spread}.",
     ]
     for metric in (m for m in metrics if present.get(m) is not None):
         lines += ["", *_table(results, metric)]
