@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from tiny_model import write_tiny_model
 from waiting import eventually
 
-from service.events import UNREADABLE_STATE, Event, parse_event
+from service.events import MAX_PAYLOAD_BYTES, UNREADABLE_STATE, Event, parse_event
 from service.history import History, HistoryEntry
 from service.localstack import LocalStack, free_port, redis_server_binary
 from service.model import ServingModel, item_indices
@@ -251,6 +251,30 @@ def test_events_of_a_user_whose_state_is_unreadable_are_dead_lettered_and_the_re
     # The corrupt records are left as they were, for a person to repair.
     assert store.client.hget(user_key("torn"), "h0") == f"{item}\x1ffour".encode()
     store.close()
+
+
+def test_a_burst_of_bad_records_is_dead_lettered_and_one_too_large_to_forward_goes_truncated(
+    stack: LocalStack, model: ServingModel, producer: KafkaProducer
+) -> None:
+    """The dead letters of a batch are sent together and confirmed once, before the commit;
+    a record larger than the dead-letter producer may send goes as its first 64 KiB."""
+    topic = "events.burst"
+    create_topic(stack.kafka_bootstrap, topic, PARTITIONS)
+    huge = b'{"pad": "' + b"x" * ONE_MB + b'"}'
+    send(producer, topic, "big", huge)
+    for n in range(120):
+        send(producer, topic, f"user{n % 7}", b"not json %d" % n)
+    observer = Recorder()
+    config = ConsumerConfig(stack.kafka_bootstrap, topic, "burst", dlq_max_request_bytes=2**19)
+    with Running(EventConsumer(model, UserStore.from_url(stack.redis_url), config, observer)):
+        eventually(lambda: committed_everything(stack, topic, "burst"), 30, "all committed")
+    assert observer.dead == Counter({"payload_too_large": 1, "bad_json": 120})
+    letters = dead_letters(stack, f"{topic}.dlq", 121)
+    assert len(letters) == 121
+    (big,) = [r for r in letters if r.key == b"big"]
+    assert big.value == huge[:MAX_PAYLOAD_BYTES]
+    assert dict(big.headers)["truncated_from"] == str(len(huge)).encode()
+    assert sorted(int(r.value.split()[-1]) for r in letters if r.key != b"big") == list(range(120))
 
 
 def test_redis_down_holds_offsets_and_nothing_is_lost_when_it_returns(
