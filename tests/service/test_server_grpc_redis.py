@@ -329,9 +329,10 @@ def event(n: int, **overrides) -> event_pb2.Event:
 def test_record_events_produces_valid_events_and_explains_rejections(
     service: Running, stack: LocalStack
 ) -> None:
+    # Users of this test alone: the topic is the module's, and other tests write to it too.
     events = [
-        event(0),
-        event(1, type=event_pb2.RATING, value=4.0),
+        event(0, user_id="produce-0"),
+        event(1, user_id="produce-1", type=event_pb2.RATING, value=4.0),
         event(2, item_id="not-an-item"),
         event(3, user_id=""),
         event(4, type=event_pb2.EVENT_TYPE_UNSPECIFIED),
@@ -343,20 +344,21 @@ def test_record_events_produces_valid_events_and_explains_rejections(
     assert reasons[3] == ("e3", "user_id is empty")
     assert reasons[4][1].startswith("type 'unspecified' is not one of")
     consumer = KafkaConsumer(bootstrap_servers=stack.kafka_bootstrap)
-    records = []
+    produced: dict[str, dict] = {}
     try:
         consumer.assign([TopicPartition(TOPIC, p) for p in (0, 1)])
         consumer.seek_to_beginning()
         deadline = time.monotonic() + 10
-        while len(records) < 2 and time.monotonic() < deadline:
-            records += [r for batch in consumer.poll(timeout_ms=200).values() for r in batch]
+        while len(produced) < 2 and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                produced |= {r.key.decode(): json.loads(r.value) for r in batch}
+            produced = {key: value for key, value in produced.items() if key.startswith("produce-")}
     finally:
         consumer.close()
-    produced = {record.key.decode(): json.loads(record.value) for record in records}
-    assert produced["ingest-0"]["event_id"] == "e0"
-    assert produced["ingest-1"] == {
+    assert produced["produce-0"]["event_id"] == "e0"
+    assert produced["produce-1"] == {
         "event_id": "e1",
-        "user_id": "ingest-1",
+        "user_id": "produce-1",
         "item_id": "i1",
         "type": "rating",
         "value": 4.0,
@@ -515,10 +517,17 @@ def test_redis_stopped_answers_degraded_never_unknown(
         assert values['coldstart_recommend_responses_total{state="degraded"}'] == 3
 
 
-def test_metrics_count_requests_by_method_and_code_and_pass_promtool(service: Running) -> None:
+def test_metrics_count_requests_by_method_and_code_and_pass_promtool(
+    service: Running, model: ServingModel
+) -> None:
+    """Makes its own traffic of each kind counted, so it passes alone or in any order."""
+    adapted_user(service, model, "metrics-user", model.item_ids[:3])
     recommend(service, user_id="metrics-user", k=3)
     with pytest.raises(grpc.RpcError):
         recommend(service, user_id="metrics-user", k=0)
+    service.stub.RecordEvents(iter([event(0, item_id="not-an-item")]), timeout=15)
+    with pytest.raises(grpc.RpcError):  # more events than the stream cap of 5
+        service.stub.RecordEvents(iter([event(n) for n in range(8)]), timeout=15)
     values = service.metrics.values()
     assert values['coldstart_grpc_requests_total{code="OK",method="Recommend"}'] > 0
     assert values['coldstart_grpc_requests_total{code="INVALID_ARGUMENT",method="Recommend"}'] > 0
