@@ -126,6 +126,12 @@ class Metrics:
             ("reason",),
             registry=r,
         )
+        self.events_replayed = Counter(
+            "coldstart_events_replayed",
+            "Valid events skipped because their users' state already holds their offsets: "
+            "replays after a restart or rebalance, or new events lost if the topic was recreated.",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "coldstart_consumer_lag_records",
             "Records in the events topic not yet consumed, by partition.",
@@ -207,6 +213,9 @@ class Metrics:
 
     def on_dead_letter(self, reason: str) -> None:
         self.events_dead_lettered.labels(reason_label(reason)).inc()
+
+    def on_replayed(self, n: int) -> None:
+        self.events_replayed.inc(n)
 
     def on_freshness(self, seconds: float) -> None:
         self.freshness_seconds.observe(max(seconds, 0.0))

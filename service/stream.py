@@ -75,6 +75,9 @@ class StreamObserver(Protocol):
     def on_dead_letter(self, reason: str) -> None:
         """One record went to the dead-letter topic; `reason` is a code of events.REASONS."""
 
+    def on_replayed(self, n: int) -> None:
+        """`n` valid events were at or below their users' applied offsets, so not applied."""
+
     def on_freshness(self, seconds: float) -> None:
         """One applied event: from its event time to its user's state being written."""
 
@@ -101,6 +104,9 @@ class NoopObserver:
         pass
 
     def on_dead_letter(self, reason: str) -> None:
+        pass
+
+    def on_replayed(self, n: int) -> None:
         pass
 
     def on_freshness(self, seconds: float) -> None:
@@ -187,13 +193,19 @@ class EventApplier:
     def _updates(self, pending: Mapping[str, list[SourcedEvent]]) -> dict[str, _Update]:
         """Loads the users (one round trip) and keeps only events above their watermarks."""
         stored = self.store.get_many(pending)
-        updates = {}
+        updates, replayed = {}, 0
         for user, events in pending.items():
             record = stored.get(user)
             marks = record.watermarks if record else {}
             fresh = [e for e in events if e.offset > marks.get(e.partition, -1)]
+            replayed += len(events) - len(fresh)
             if fresh:
                 updates[user] = self._update(user, record, fresh)
+        if replayed:
+            # Expected after a restart or a rebalance. Without one, the marks are ahead of the
+            # log: the topic was recreated or points elsewhere, and new events are being lost.
+            logger.info("%d events at or below their users' applied offsets skipped", replayed)
+            self.observer.on_replayed(replayed)
         return updates
 
     def _update(self, user: str, stored: UserRecord | None, events: list[SourcedEvent]) -> _Update:

@@ -22,6 +22,7 @@ EXPECTED = {
     "coldstart_events_consumed_total",
     "coldstart_events_applied_total",
     "coldstart_events_dead_lettered_total",
+    "coldstart_events_replayed_total",
     "coldstart_consumer_lag_records",
     "coldstart_adaptation_batch_users_bucket",
     "coldstart_adaptation_duration_seconds_bucket",
@@ -46,6 +47,7 @@ def traffic(metrics: Metrics) -> None:
     metrics.on_batch(4, 0.003)
     metrics.on_event_applied(4)
     metrics.on_dead_letter("bad_json")
+    metrics.on_replayed(2)
     metrics.on_freshness(0.12)
     metrics.on_freshness(-0.5)  # clock skew: counted as fresh, never negative
     metrics.on_redis_error()
@@ -124,9 +126,9 @@ def test_reason_labels_are_bounded() -> None:
 
 def test_metrics_implements_the_stream_observer() -> None:
     observer: StreamObserver = Metrics()
-    for method in ("on_batch", "on_event_applied", "on_dead_letter", "on_freshness"):
+    for method in ("on_batch", "on_event_applied", "on_dead_letter", "on_replayed"):
         assert callable(getattr(observer, method))
-    for method in ("on_redis_error", "on_lag", "on_revoked", "on_hit"):
+    for method in ("on_freshness", "on_redis_error", "on_lag", "on_revoked", "on_hit"):
         assert callable(getattr(observer, method))
 
 

@@ -55,6 +55,9 @@ class Recorder(NoopObserver):
     def on_redis_error(self) -> None:
         self.counts["redis_errors"] += 1
 
+    def on_replayed(self, n: int) -> None:
+        self.counts["replayed"] += n
+
     def on_hit(self, hit: bool) -> None:
         self.counts["judged"] += 1
 
@@ -211,6 +214,7 @@ def test_events_reach_redis_invalid_ones_are_dead_lettered_and_a_replay_changes_
         eventually(lambda: committed_everything(stack, topic, "replay"), 30, "replay committed")
     again = store.get_many(users)
     assert replayer.counts["applied"] == 0
+    assert replayer.counts["replayed"] == 4 * len(users)  # skipped, and counted as such
     for user in users:
         assert again[user].state_version == stored[user].state_version
         assert again[user].updated_at_ms == stored[user].updated_at_ms
