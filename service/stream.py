@@ -504,53 +504,39 @@ class EventConsumer:
             ("source_partition", str(record.partition).encode()),
             ("source_offset", str(record.offset).encode()),
         ]
-        self._pending[source] = _Letter(
-            record, headers, invalid.reason, self._send(record, headers)
-        )
+        try:
+            sent = self._send(record, headers)
+        except MessageSizeTooLargeError:  # too large for the producer: known at once
+            sent = self._send(record, headers, truncated=True)
+        self._pending[source] = _Letter(record, headers, invalid.reason, sent)
 
     def _send(
-        self, record: ConsumerRecord, headers: list[tuple[str, bytes]]
+        self, record: ConsumerRecord, headers: list[tuple[str, bytes]], truncated: bool = False
     ) -> FutureRecordMetadata:
-        """Sends the original bytes; a record too large for the producer goes truncated to
-        MAX_PAYLOAD_BYTES with a `truncated_from` header instead (as one too large for the
-        broker does, once its refusal comes back)."""
+        """Sends the original bytes, or, for a record too large for the producer or the
+        broker, its first MAX_PAYLOAD_BYTES with a `truncated_from` header."""
         assert self._producer is not None, "connect() first"
         value = record.value or b""
-        try:
-            return self._producer.send(
-                self.config.dlq_topic, key=record.key, value=value, headers=headers
-            )
-        except MessageSizeTooLargeError:
-            return self._send_truncated(record, headers)
-
-    def _send_truncated(
-        self, record: ConsumerRecord, headers: list[tuple[str, bytes]]
-    ) -> FutureRecordMetadata:
-        assert self._producer is not None, "connect() first"
-        value = record.value or b""
+        if truncated:
+            headers = [*headers, ("truncated_from", str(len(value)).encode())]
+            value = value[:MAX_PAYLOAD_BYTES]
         return self._producer.send(
-            self.config.dlq_topic,
-            key=record.key,
-            value=value[:MAX_PAYLOAD_BYTES],
-            headers=[*headers, ("truncated_from", str(len(value)).encode())],
+            self.config.dlq_topic, key=record.key, value=value, headers=headers
         )
 
     def _flush_dead_letters(self) -> None:
         """Waits until every queued dead letter is on the broker; a failure raises, and the
-        batch is retried, resending only the letters not yet delivered."""
+        batch is retried, queueing again only the letters not yet delivered."""
         if not self._pending:
             return
         assert self._producer is not None, "connect() first"
         self._producer.flush(timeout=10)
-        for source, letter in list(self._pending.items()):
+        for source in list(self._pending):
+            letter = self._pending.pop(source)
             try:
                 letter.sent.get(timeout=10)
-            except MessageSizeTooLargeError:
-                self._send_truncated(letter.record, letter.headers).get(timeout=10)
-            except KafkaError:
-                del self._pending[source]  # not delivered: the retry queues it again
-                raise
-            del self._pending[source]
+            except MessageSizeTooLargeError:  # too large for the broker: known on delivery
+                self._send(letter.record, letter.headers, truncated=True).get(timeout=10)
             self._dead_lettered.add(source)
             self.observer.on_dead_letter(letter.reason)
 

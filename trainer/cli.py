@@ -160,9 +160,7 @@ def _require_same_data(loaded: artifact.Artifact, data: Dataset) -> None:
 def _artifact_seeds(loaded: artifact.Artifact, requested: list[int] | None) -> list[int]:
     """A trained model can only be tested on its own split: other seeds' test users are its
     training users."""
-    seed = loaded.manifest.get("seed")
-    if not isinstance(seed, int):
-        raise ColdstartError("--model's manifest has no seed, so its test users are unknown")
+    seed = loaded.manifest["seed"]  # artifact.load has checked it is there, an int
     if requested not in (None, [seed]):
         raise ColdstartError(f"--model was trained on the split of seed {seed}; drop --seeds")
     return [seed]
