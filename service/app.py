@@ -159,7 +159,11 @@ class Service:
         self._sink = KafkaEventSink(self.kafka_bootstrap, s.topic, client_options=kafka_options(s))
         self.recommender = Recommender(self.model, serving_store, self.metrics)
         self.ingestor = Ingestor(
-            self.model.item_index, self._sink, self.metrics, s.max_stream_events
+            self.model.item_index,
+            self._sink,
+            self.metrics,
+            s.max_stream_events,
+            s.max_record_streams,
         )
         self.grpc = start_server(
             RecommenderServicer(self.recommender, self.ingestor, self.metrics),

@@ -24,5 +24,9 @@ class StreamTooLong(ServiceError):
     """A RecordEvents stream carried more events than one stream may."""
 
 
+class TooManyStreams(ServiceError):
+    """As many RecordEvents streams are open as may be: each holds a gRPC worker thread."""
+
+
 class IngestUnavailable(ServiceError):
     """Events cannot be produced: the broker is unreachable or refuses them."""

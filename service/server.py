@@ -35,7 +35,7 @@ from grpc_reflection.v1alpha import reflection
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from service.errors import IngestUnavailable, InvalidRequest, StreamTooLong
+from service.errors import IngestUnavailable, InvalidRequest, StreamTooLong, TooManyStreams
 from service.events import (
     MAX_ID_CHARS,
     Event,
@@ -64,6 +64,7 @@ STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (UnknownFeatureError, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidEvent, grpc.StatusCode.INVALID_ARGUMENT),
     (StreamTooLong, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (TooManyStreams, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (IngestUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
@@ -226,17 +227,38 @@ class IngestResult:
 
 class Ingestor:
     """Validates streamed events against the event schema and the catalogue, then produces
-    the valid ones. A bad event is counted and explained; it does not end the stream."""
+    the valid ones. A bad event is counted and explained; it does not end the stream.
+
+    An open stream holds a gRPC worker thread for as long as its client keeps it open, so
+    at most max_streams run at once: the other workers stay free for Recommend."""
 
     def __init__(
-        self, item_index: Mapping[str, int], sink: EventSink, metrics: Metrics, max_events: int
+        self,
+        item_index: Mapping[str, int],
+        sink: EventSink,
+        metrics: Metrics,
+        max_events: int,
+        max_streams: int,
     ) -> None:
         self.item_index = item_index
         self.sink = sink
         self.metrics = metrics
         self.max_events = max_events
+        self.max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams)
 
     def ingest(self, documents: Iterable[Mapping[str, Any]]) -> IngestResult:
+        if not self._streams.acquire(blocking=False):
+            raise TooManyStreams(
+                f"{self.max_streams} RecordEvents streams are already open on this replica, "
+                "as many as may be: retry with backoff, or produce to the Kafka topic directly"
+            )
+        try:
+            return self._ingest(documents)
+        finally:
+            self._streams.release()
+
+    def _ingest(self, documents: Iterable[Mapping[str, Any]]) -> IngestResult:
         result = IngestResult()
         pending: list[tuple[int, str, Callable[[], None]]] = []
         for index, document in enumerate(documents):

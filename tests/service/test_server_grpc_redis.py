@@ -84,6 +84,7 @@ def running(
     stack: LocalStack,
     redis_url: str,
     max_events: int = 1000,
+    max_streams: int = 2,
     sink: KafkaEventSink | None = None,
     **limits: int,
 ) -> Iterator[Running]:
@@ -94,7 +95,7 @@ def running(
     sink = sink or KafkaEventSink(stack.kafka_bootstrap, TOPIC)
     servicer = RecommenderServicer(
         Recommender(model, store, metrics),
-        Ingestor(model.item_index, sink, metrics, max_events),
+        Ingestor(model.item_index, sink, metrics, max_events, max_streams),
         metrics,
     )
     server = start_server(servicer, host="127.0.0.1", port=0, workers=4, **limits)
@@ -379,18 +380,48 @@ def test_record_events_caps_a_stream(service: Running) -> None:
     assert "may carry 5 events; the first 5 were processed (5 accepted" in raised.value.details()
 
 
+def held_stream(first: int, release: threading.Event) -> Iterator[event_pb2.Event]:
+    """A RecordEvents stream that sends one event, then stays open until `release`."""
+    yield event(first)  # a first message, so the call surely reaches the server (no corking)
+    release.wait(15)
+    yield event(first + 1)
+
+
+def test_open_record_streams_leave_workers_for_recommend(
+    model: ServingModel, stack: LocalStack
+) -> None:
+    release = threading.Event()
+    # 4 workers, at most 2 streams: without the cap, 4 held streams would take every worker
+    # and Recommend would wait for one of them to end.
+    with running(model, stack, stack.redis_url, max_streams=2) as started:
+        held = [
+            started.stub.RecordEvents.future(held_stream(2 * n, release), timeout=20)
+            for n in range(4)
+        ]
+        refused = []
+        deadline = time.monotonic() + 10
+        while len(refused) < 2 and time.monotonic() < deadline:
+            refused = [call for call in held if call.done()]
+            time.sleep(0.05)
+        assert recommend(started, user_id="beside-streams", k=3).state == recommender_pb2.COLD
+        release.set()
+        assert len(refused) == 2
+        for call in refused:
+            assert call.exception().code() == Code.RESOURCE_EXHAUSTED
+            assert "2 RecordEvents streams are already open" in call.exception().details()
+        open_ones = [call for call in held if call not in refused]
+        assert [call.result().accepted for call in open_ones] == [2, 2]
+        # Both slots are free again once the streams have ended.
+        assert started.stub.RecordEvents(iter([event(9)]), timeout=15).accepted == 1
+
+
 def test_rpcs_beyond_the_concurrency_limit_are_refused_at_once(
     model: ServingModel, stack: LocalStack
 ) -> None:
     release = threading.Event()
-
-    def held_open() -> Iterator[event_pb2.Event]:
-        yield event(0)  # a first message, so the call surely reaches the server (no corking)
-        release.wait(15)  # the stream stays open, holding the only RPC slot, until released
-        yield event(1)
-
     with running(model, stack, stack.redis_url, max_concurrent_rpcs=1) as started:
-        held = started.stub.RecordEvents.future(held_open(), timeout=20)
+        # The stream holds the only RPC slot until released.
+        held = started.stub.RecordEvents.future(held_stream(0, release), timeout=20)
         # Probing at once could take the slot first and get the stream itself refused.
         time.sleep(0.3)
         deadline = time.monotonic() + 10
