@@ -39,7 +39,12 @@ from typing import Any, Protocol
 import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+)
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
@@ -365,7 +370,7 @@ class EventConsumer:
 
     def run(self) -> None:
         """Consume until stop(); the batch in flight when stop() comes is finished and committed."""
-        self.connect()
+        self._connect_when_reachable()
         try:
             while not self._stopping.is_set():
                 self.step()
@@ -375,6 +380,20 @@ class EventConsumer:
     def stop(self) -> None:
         """Ask run() to return after the batch in flight (safe from a signal handler)."""
         self._stopping.set()
+
+    def _connect_when_reachable(self) -> None:
+        """connect(), retried while no broker answers, until stop(): Recommend needs no Kafka,
+        so a broker that is down at start-up delays ingestion rather than stopping the replica
+        (it used to exit after the client's 30 s bootstrap timeout)."""
+        while not self._stopping.is_set():
+            try:
+                self.connect()
+            except (KafkaConnectionError, KafkaTimeoutError) as error:
+                self.close()
+                self._back_off(f"cannot reach Kafka at {self.config.bootstrap}", error)
+            else:
+                self._backoff_s = 0.0
+                return
 
     def connect(self) -> None:
         """Join the consumer group and open the dead-letter producer."""
@@ -401,6 +420,8 @@ class EventConsumer:
         logger.info("consuming %s at %s as group %s", cfg.topic, cfg.bootstrap, cfg.group_id)
 
     def close(self) -> None:
+        if self._consumer is None and self._producer is None:
+            return
         if self._consumer is not None:
             self._consumer.close(autocommit=False)
         if self._producer is not None:
@@ -542,20 +563,20 @@ class EventConsumer:
 
     def _retry_later(self, records: Sequence[ConsumerRecord], error: Exception) -> None:
         """Rewind to the batch's first offsets, so the next poll returns it again; back off."""
-        self._backoff_s = min(
-            self.config.max_backoff_s, max(self.config.retry_backoff_s, 2 * self._backoff_s)
-        )
-        logger.warning(
-            "batch of %s records not applied (%s); retrying in %.1f s",
-            len(records),
-            error,
-            self._backoff_s,
-        )
         assert self._consumer is not None
         assigned = self._consumer.assignment()
         for tp, offset in _first_offsets(records).items():
             if tp in assigned:
                 self._consumer.seek(tp, offset)
+        self._back_off(f"batch of {len(records)} records not applied", error)
+
+    def _back_off(self, what: str, error: Exception) -> None:
+        """Wait before a retry, unless stop() comes first: retry_backoff_s at first, doubling
+        on each failure in a row up to max_backoff_s."""
+        self._backoff_s = min(
+            self.config.max_backoff_s, max(self.config.retry_backoff_s, 2 * self._backoff_s)
+        )
+        logger.warning("%s (%s); retrying in %.1f s", what, error, self._backoff_s)
         self._stopping.wait(self._backoff_s)
 
     def _report_lag(self) -> None:

@@ -7,7 +7,10 @@ dead-lettered, what a replay or a Redis outage does), not recommendation quality
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import socket
 import subprocess
 import threading
 import time
@@ -317,6 +320,73 @@ def test_redis_down_holds_offsets_and_nothing_is_lost_when_it_returns(
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+class Forwarder:
+    """A TCP port that forwards each connection to `upstream` ("host:port"): a broker that
+    appears at an address only once the test opens it."""
+
+    def __init__(self, port: int, upstream: str) -> None:
+        host, upstream_port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(upstream_port))
+        self.listener = socket.create_server(("127.0.0.1", port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            server = socket.create_connection(self.upstream)
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_broker_down_at_start_up_is_waited_for_and_then_consumed(
+    stack: LocalStack,
+    model: ServingModel,
+    producer: KafkaProducer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    topic = "events.late-broker"
+    create_topic(stack.kafka_bootstrap, topic, PARTITIONS)
+    port = free_port()
+    config = ConsumerConfig(
+        f"127.0.0.1:{port}",
+        topic,
+        "late-broker",
+        retry_backoff_s=0.1,
+        max_backoff_s=0.2,
+        client_options={"bootstrap_timeout_ms": 300},
+    )
+    observer = Recorder()
+    running = Running(EventConsumer(model, UserStore.from_url(stack.redis_url), config, observer))
+    with caplog.at_level(logging.WARNING, logger="service.stream"), running:
+        eventually(
+            lambda: caplog.text.count("cannot reach Kafka at 127.0.0.1") >= 2,
+            30,
+            "two failed connection attempts",
+        )
+        assert running.thread.is_alive()
+        forwarder = Forwarder(port, stack.kafka_bootstrap)
+        try:
+            send(producer, topic, "late", event("late", 0, "i5").to_json())
+            eventually(lambda: observer.counts["applied"] == 1, 30, "the event applied")
+        finally:
+            forwarder.close()
+    assert len(UserStore.from_url(stack.redis_url).get("late").history) == 1
 
 
 def _pings(url: str) -> bool:
