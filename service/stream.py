@@ -179,18 +179,19 @@ class EventApplier:
         first write (or, on a compare-and-set retry round, after writes that the watermarks
         make idempotent), so the batch can be applied again without that user's events."""
         pending = group_by_user(events)
-        applied, first = 0, True
+        applied, hits = 0, None
         for _ in range(self.max_conflicts + 1):
             updates = self._updates(pending)
-            if first:
-                self._observe_hits(updates)
-                first = False
-            if not updates:
-                return applied
-            written = self._write(updates)
+            if hits is None:  # judged on the states as they were before this batch
+                hits = self._judge_hits(updates)
+            written = self._write(updates) if updates else set()
             applied += sum(len(updates[user].events) for user in written)
             pending = {user: pending[user] for user in updates if user not in written}
             if not pending:
+                # Reported only once the batch is in: a batch that fails is retried, and its
+                # events would otherwise be judged again.
+                for hit in hits:
+                    self.observer.on_hit(hit)
                 return applied
             logger.info("%s users changed under us; re-reading them", len(pending))
         raise ConflictError(f"{len(pending)} users kept losing compare-and-set races")
@@ -259,7 +260,7 @@ class EventApplier:
         except HistoryError as error:
             raise StoreError.of(record.user_id, error) from None
 
-    def _observe_hits(self, updates: Mapping[str, _Update]) -> None:
+    def _judge_hits(self, updates: Mapping[str, _Update]) -> list[bool]:
         """Online hit rate: was each user's first new event's item in their current top-k?
 
         Only the first new event per user is judged, since later events of the batch
@@ -283,7 +284,7 @@ class EventApplier:
             if (seen := [] if stored is None else self.model.seen(stored.history)) is not None
         ]
         if not judged:
-            return
+            return []
         vectors = torch.stack(
             [
                 torch.from_numpy(stored.vector) if stored is not None else self.model.prior
@@ -296,8 +297,7 @@ class EventApplier:
             ranked[row, seen] = -torch.inf
         top = torch.topk(ranked, min(self.hit_k, ranked.shape[1])).indices.tolist()
         index = self.model.item_index
-        for (_, item_id, _), best in zip(judged, top, strict=True):
-            self.observer.on_hit(index[item_id] in best)
+        return [index[item_id] in best for (_, item_id, _), best in zip(judged, top, strict=True)]
 
 
 def group_by_user(events: Iterable[SourcedEvent]) -> dict[str, list[SourcedEvent]]:

@@ -459,6 +459,30 @@ def test_online_hits_are_judged_on_the_current_top_k_for_a_sample_of_users(
     store.close()
 
 
+def test_a_batch_retried_after_a_failed_write_is_judged_once(
+    model: ServingModel, stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = UserStore.from_url(stack.redis_url)
+    observer = Hits()
+    applier = EventApplier(model, store, observer)
+    writes = []
+
+    def fails_once(records: list[UserRecord]) -> set[str]:
+        writes.append(records)
+        if len(writes) == 1:
+            raise redis.ConnectionError("injected: the write did not reach Redis")
+        return UserStore.put_many(store, records)
+
+    monkeypatch.setattr(store, "put_many", fails_once)
+    batch = [SourcedEvent(0, 0, event("judged-once", 0, model.item_ids[0]))]
+    with pytest.raises(redis.ConnectionError):
+        applier.apply(batch)
+    assert observer.judged == []
+    assert applier.apply(batch) == 1  # the consumer's retry of the same batch
+    assert len(observer.judged) == 1 and len(writes) == 2
+    store.close()
+
+
 def test_a_state_with_no_current_top_k_is_not_judged_and_its_write_repairs_it(
     model: ServingModel, stack: LocalStack
 ) -> None:
