@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,6 +19,7 @@ import pytest
 from coldstart.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiny_model import write_tiny_model
+from waiting import eventually
 
 from service.localstack import free_port
 
@@ -28,15 +29,6 @@ COLDSTART = [sys.executable, "-c", "from service.cli import main; raise SystemEx
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("serve"))
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def scrape(port: int) -> str:
@@ -77,8 +69,8 @@ def test_serve_starts_its_stack_adapts_a_user_and_drains_on_sigterm(served) -> N
     process, grpc_port, metrics_port, log = served
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     try:
-        wait_for(lambda: serving(channel), 60, f"health SERVING; log:\n{log.read_text()}")
-        wait_for(lambda: "coldstart_consumer_lag_records{" in scrape(metrics_port), 60, "join")
+        eventually(lambda: serving(channel), 60, f"health SERVING; log:\n{log.read_text()}")
+        eventually(lambda: "coldstart_consumer_lag_records{" in scrape(metrics_port), 60, "join")
         stub = recommender_pb2_grpc.RecommenderStub(channel)
         request = recommender_pb2.RecommendRequest(user_id="walk-in", k=5)
         assert stub.Recommend(request, timeout=5).state == recommender_pb2.COLD
@@ -99,7 +91,7 @@ def test_serve_starts_its_stack_adapts_a_user_and_drains_on_sigterm(served) -> N
             answer = stub.Recommend(request, timeout=5)
             return answer.state == recommender_pb2.ADAPTED and answer.interactions_used == 2
 
-        waited = wait_for(adapted, 10, "ADAPTED after two events")
+        waited = eventually(adapted, 10, "ADAPTED after two events")
         print(f"events to ADAPTED in {waited * 1000:.0f} ms")
         body = scrape(metrics_port)
         assert "coldstart_events_applied_total 2.0" in body

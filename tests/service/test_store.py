@@ -8,14 +8,14 @@ start), and three of them as a Redis Cluster; no broker is involved.
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
+from waiting import eventually
 
 from service.connections import redis_client
 from service.history import History, HistoryEntry
@@ -192,11 +192,15 @@ def running_cluster(work: Path) -> Iterator[tuple[str, list[subprocess.Popen]]]:
         processes.append(subprocess.Popen([str(redis_server_binary()), *args]))
     try:
         nodes = [redis.Redis(port=port) for port in ports]
-        wait_until(lambda: all(_answers(node) for node in nodes))
+        eventually(lambda: all(_answers(node) for node in nodes), 15, "every node answers")
         for n, node in enumerate(nodes):
             node.execute_command("CLUSTER ADDSLOTS", *range(n * 16384 // 3, (n + 1) * 16384 // 3))
             node.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
-        wait_until(lambda: all(node.cluster("info")["cluster_state"] == "ok" for node in nodes))
+        eventually(
+            lambda: all(node.cluster("info")["cluster_state"] == "ok" for node in nodes),
+            15,
+            "the Redis Cluster is up",
+        )
         yield f"redis://127.0.0.1:{ports[0]}/0", processes
     finally:
         for process in processes:
@@ -223,13 +227,6 @@ def _answers(node: redis.Redis) -> bool:
         return bool(node.ping())
     except redis.ConnectionError:
         return False
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "the Redis Cluster did not come up"
-        time.sleep(0.05)
 
 
 def test_the_store_works_unchanged_on_a_redis_cluster(cluster_url: str) -> None:

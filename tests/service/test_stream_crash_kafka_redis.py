@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from tiny_model import write_tiny_model
+from waiting import eventually
 
 from service.events import Event
 from service.localstack import LocalStack
@@ -93,14 +94,6 @@ class Watch:
         self.store.close()
 
 
-def wait_for(check, timeout_s: float, what: str, every_s: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(every_s)
-
-
 def start_consumer(
     model_dir: Path, stack: LocalStack, url: str, group: str, log: Path
 ) -> subprocess.Popen:
@@ -120,8 +113,8 @@ def drain_and_stop(process: subprocess.Popen, watch: Watch, log: Path) -> None:
         lines = log.read_text(errors="replace").splitlines()
         return any(f"[{process.pid}] " in line and "assigned partitions" in line for line in lines)
 
-    wait_for(joined, 60, "the consumer joins its group")
-    wait_for(lambda: watch.total() == EVENTS, 120, "the consumer drains the topic")
+    eventually(joined, 60, "the consumer joins its group", every_s=0.2)
+    eventually(lambda: watch.total() == EVENTS, 120, "the consumer drains the topic", every_s=0.2)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 0, log.read_text()[-3000:]
 
@@ -142,7 +135,7 @@ def kill_when(process: subprocess.Popen, watch: Watch, in_window: bool) -> bool:
     joined consumer, which must be just as harmless."""
     before = watch.total()
     progressed = lambda: watch.total() > before or watch.total() == EVENTS  # noqa: E731
-    wait_for(progressed, 60, "progress before a kill", every_s=0.05)
+    eventually(progressed, 60, "progress before a kill", every_s=0.05)
     if in_window:
         stop_in_window(process, watch)
     else:
