@@ -161,6 +161,7 @@ def _csv_rows(lines: list[str], name: str) -> list[list[str]]:
 
 def _numbers(table: _Table, values: list[str], dtype: type, what: str) -> np.ndarray:
     """Convert a column in one vectorised step; only on failure look for the line to blame."""
+    kind = "a whole number" if np.dtype(dtype).kind == "i" else "a number"
     try:
         array = np.array(values).astype(dtype)
     except (ValueError, OverflowError):
@@ -168,7 +169,7 @@ def _numbers(table: _Table, values: list[str], dtype: type, what: str) -> np.nda
             try:
                 np.array(value).astype(dtype)
             except ValueError:
-                raise table.error(i, f"{what} {value!r} is not a number") from None
+                raise table.error(i, f"{what} {value!r} is not {kind}") from None
             except OverflowError:
                 raise table.error(i, f"{what} {value!r} is out of range") from None
         raise
@@ -186,6 +187,36 @@ def _index(table: _Table, raw: list[str], what: str) -> tuple[list[str], np.ndar
     if "" in positions:
         raise table.error(raw.index(""), f"empty {what}")
     return list(positions), codes
+
+
+def _integer_ids(table: _Table, values: list[str], what: str) -> list[str]:
+    """GroupLens ids are decimal integers: anything else is a damaged line (a stray byte in
+    a latin-1 file still decodes), not a new user or item."""
+    # Deleting every digit leaves nothing but the separators (an empty id is _index's error).
+    if "\n".join(values).encode().translate(None, b"0123456789\n"):
+        bad = next(i for i, v in enumerate(values) if v and not (v.isascii() and v.isdigit()))
+        raise table.error(bad, f"{what} {values[bad]!r} is not a whole number")
+    return values
+
+
+def _stripped(values: list[str]) -> list[str]:
+    """Ids of the csv layout without surrounding blanks: "i91" and " i91 " are one item."""
+    return [v.strip() for v in values]
+
+
+def _side_table(path: Path, sep: str, encoding: str, n_fields: int | None = None) -> _Table:
+    """A side file (user or item features, genre names): one without rows is an error, as a
+    missing interactions file is, rather than features silently all unknown."""
+    table = _read_table(path, sep, encoding, n_fields)
+    if not table.rows:
+        raise DataError(f"{path.name}: no data lines")
+    return table
+
+
+def _age_buckets(table: _Table, ages: list[str]) -> list[str]:
+    """Ages, exact (ml-100k) or already bucketed (ml-1m), as MovieLens 1M's buckets."""
+    years = _numbers(table, ages, np.int64, "age")
+    return [_AGE_BUCKETS[b] for b in np.searchsorted(_AGE_EDGES, years, side="right")]
 
 
 def _rows_of(table: _Table, raw_ids: list[str], what: str) -> dict[str, int]:
@@ -327,28 +358,40 @@ def _csv_interactions(path: Path) -> tuple[_Table, _Columns]:
     return table, (users, items, table.named("rating"), table.named("timestamp"))
 
 
+def _grouplens_columns(table: _Table) -> _Columns:
+    """user, item, rating, timestamp: the four fields of u.data and ratings.dat."""
+    users = _integer_ids(table, table.column(0), "user id")
+    items = _integer_ids(table, table.column(1), "item id")
+    return users, items, table.column(2), table.column(3)
+
+
 def _required(root: Path, fmt: str, *names: str) -> Path:
-    """The first of `names` present in `root`: the file a layout cannot do without."""
-    for name in names:
-        if (root / name).is_file():
-            return root / name
-    raise DataError(f"{fmt} directory {root} has no {' or '.join(names)}")
+    """The one of `names` present in `root`: the file a layout cannot do without."""
+    present = [root / name for name in names if (root / name).is_file()]
+    if not present:
+        raise DataError(f"{fmt} directory {root} has no {' or '.join(names)}")
+    if len(present) > 1:
+        found = " and ".join(p.name for p in present)
+        raise DataError(f"{fmt} directory {root} has both {found}: keep one")
+    return present[0]
 
 
 def _load_ml100k(root: Path) -> Dataset:
     table = _read_table(_required(root, "ml-100k", "u.data"), "\t", _LATIN1, 4)
     user_side = item_side = None
     if (root / "u.user").exists():
-        users = _read_table(root / "u.user", "|", _LATIN1, 5)
-        ages = _numbers(users, users.column(1), np.int64, "age")
-        buckets = [_AGE_BUCKETS[b] for b in np.searchsorted(_AGE_EDGES, ages, side="right")]
-        features = {"age": buckets, "gender": users.column(2), "occupation": users.column(3)}
+        users = _side_table(root / "u.user", "|", _LATIN1, 5)
+        features = {
+            "age": _age_buckets(users, users.column(1)),
+            "gender": users.column(2),
+            "occupation": users.column(3),
+        }
         user_side = _UserSide(users, users.column(0), features)
     if (root / "u.item").exists():
         names = [str(j) for j in range(19)]  # the standard 19, named by index without u.genre
         if (root / "u.genre").exists():
-            names = _read_table(root / "u.genre", "|", _LATIN1, 2).column(0)
-        movies = _read_table(root / "u.item", "|", _LATIN1, 5 + len(names))
+            names = _side_table(root / "u.genre", "|", _LATIN1, 2).column(0)
+        movies = _side_table(root / "u.item", "|", _LATIN1, 5 + len(names))
         flags = [
             _numbers(movies, movies.column(5 + j), np.int64, "genre flag")
             for j in range(len(names))
@@ -357,28 +400,29 @@ def _load_ml100k(root: Path) -> Dataset:
         genres = [[names[j] for j in np.flatnonzero(row)] for row in hot]
         years = [_title_year(t) for t in movies.column(1)]
         item_side = _ItemSide(movies, movies.column(0), genres, years, names)
-    columns = (table.column(0), table.column(1), table.column(2), table.column(3))
-    return _dataset("ml-100k", table, columns, user_side, item_side)
+    return _dataset("ml-100k", table, _grouplens_columns(table), user_side, item_side)
 
 
 def _load_ml1m(root: Path) -> Dataset:
     ratings = _required(root, "ml-1m", "ratings.dat", "ratings.csv")
     if ratings.suffix == ".dat":
         table = _read_table(ratings, "::", _LATIN1, 4)
-        columns = (table.column(0), table.column(1), table.column(2), table.column(3))
+        columns = _grouplens_columns(table)
     else:
-        table, columns = _csv_interactions(ratings)
+        table, (users, items, *rest) = _csv_interactions(ratings)
+        columns = (_integer_ids(table, users, "user id"), _integer_ids(table, items, "item id"))
+        columns += tuple(rest)
     user_side = item_side = None
     if (root / "users.dat").exists():
-        users = _read_table(root / "users.dat", "::", _LATIN1, 5)
+        users = _side_table(root / "users.dat", "::", _LATIN1, 5)
         features = {
-            "age": users.column(2),
+            "age": _age_buckets(users, users.column(2)),
             "gender": users.column(1),
             "occupation": users.column(3),
         }
         user_side = _UserSide(users, users.column(0), features)
     if (root / "movies.dat").exists():
-        movies = _read_table(root / "movies.dat", "::", _LATIN1, 3)
+        movies = _side_table(root / "movies.dat", "::", _LATIN1, 3)
         genres = [g.split("|") if g else [] for g in movies.column(2)]
         years = [_title_year(t) for t in movies.column(1)]
         names = sorted({g for gs in genres for g in gs})
@@ -387,16 +431,17 @@ def _load_ml1m(root: Path) -> Dataset:
 
 
 def _load_csv(root: Path) -> Dataset:
-    table, columns = _csv_interactions(_required(root, "csv", "interactions.csv"))
+    table, (users, items, *rest) = _csv_interactions(_required(root, "csv", "interactions.csv"))
+    columns = (_stripped(users), _stripped(items), *rest)
     user_side = item_side = None
     if (root / "users.csv").exists():
-        users = _read_table(root / "users.csv", ",", _UTF8)
-        (ids,) = users.require("user_id")
+        users = _side_table(root / "users.csv", ",", _UTF8)
+        ids = _stripped(*users.require("user_id"))
         features = {n: users.column(j) for j, n in enumerate(users.header) if n != "user_id"}
         user_side = _UserSide(users, ids, features)
     if (root / "items.csv").exists():
-        items = _read_table(root / "items.csv", ",", _UTF8)
-        (ids,) = items.require("item_id")
+        items = _side_table(root / "items.csv", ",", _UTF8)
+        ids = _stripped(*items.require("item_id"))
         blank = [""] * len(ids)
         genres = [g.split("|") if g else [] for g in items.named("genres") or blank]
         years = _optional_years(items, items.named("year") or blank)
@@ -423,10 +468,15 @@ _MARKERS = {
 
 
 def detect_format(root: Path) -> str:
-    """Name the layout of a data directory by the files in it."""
-    for fmt, markers in _MARKERS.items():
-        if any((root / m).is_file() for m in markers):
-            return fmt
+    """Name the layout of a data directory by the files in it; files of two layouts are an
+    error rather than a silent choice."""
+    found = [fmt for fmt, markers in _MARKERS.items() if any((root / m).is_file() for m in markers)]
+    if len(found) > 1:
+        raise DataError(
+            f"{root} holds files of the {' and '.join(found)} layouts: pass --format to choose"
+        )
+    if found:
+        return found[0]
     expected = "; ".join(f"{' or '.join(m)} ({fmt})" for fmt, m in _MARKERS.items())
     raise DataError(f"cannot tell the data layout of {root}: expected {expected}")
 

@@ -108,11 +108,36 @@ def test_ml1m_layout_with_timestamps(tmp_path: Path) -> None:
 
 
 def test_ml1m_ratings_csv_has_no_timestamps(tmp_path: Path) -> None:
-    files = {"ratings.csv": "user_id,item_id,rating\n5,20,4\n6,20,3\n", "users.dat": ""}
+    files = {"ratings.csv": "user_id,item_id,rating\n5,20,4\n6,20,3\n"}
     data = load_dataset(write(tmp_path, files))
     assert data.name == "ml-1m" and data.timestamps is None
     assert data.ratings.tolist() == [4, 3]
-    assert data.user_features["age"].tolist() == [0, 0]  # users.dat is empty
+    assert data.user_features == {}  # no users.dat
+
+
+def test_ml1m_ratings_csv_ids_are_whole_numbers(tmp_path: Path) -> None:
+    files = {"ratings.csv": "user_id,item_id,rating\n5,20,4\nu 6,20,3\n"}
+    with pytest.raises(
+        DataError, match=r"^ratings\.csv line 3: user id 'u 6' is not a whole number$"
+    ):
+        load_dataset(write(tmp_path, files))
+
+
+def test_ml1m_with_two_ratings_files_is_refused(tmp_path: Path) -> None:
+    files = ML1M | {"ratings.csv": "user_id,item_id,rating\n5,20,4\n"}
+    with pytest.raises(DataError, match=r"has both ratings\.dat and ratings\.csv: keep one$"):
+        load_dataset(write(tmp_path, files, encoding="iso-8859-1"))
+
+
+def test_csv_ids_lose_surrounding_blanks_but_keep_inner_ones(tmp_path: Path) -> None:
+    files = {
+        "interactions.csv": "user_id,item_id\nann lee, i91 \nann lee,i91\n bob ,i92\n",
+        "users.csv": "user_id,plan\n bob ,pro\n",
+    }
+    data = load_dataset(write(tmp_path, files))
+    assert data.user_ids == ["ann lee", "bob"] and data.item_ids == ["i91", "i92"]
+    assert len(data.items) == 2  # ann lee's second i91 is the first one repeated
+    assert data.user_vocab["plan"][data.user_features["plan"][1]] == "pro"
 
 
 def test_csv_layout(tmp_path: Path) -> None:
@@ -167,7 +192,11 @@ def test_detects_layout(tmp_path: Path, files: dict[str, str], expected: str) ->
 
 def test_fmt_forces_layout(tmp_path: Path) -> None:
     root = write(tmp_path, ML100K | CSV, encoding="iso-8859-1")
-    assert load_dataset(root).name == "ml-100k"
+    with pytest.raises(
+        DataError, match="holds files of the ml-100k and csv layouts: pass --format"
+    ):
+        load_dataset(root)
+    assert load_dataset(root, fmt="ml-100k").name == "ml-100k"
     assert load_dataset(root, fmt="csv").name == "csv"
 
 
@@ -205,6 +234,24 @@ def test_ml1m_side_files_without_ratings(tmp_path: Path) -> None:
 MALFORMED = [
     (
         "ml-100k",
+        {"u.data": b"7\t50\t5\t881250949\n\xe95\t50\t3\t881250950\n"},
+        "u.data line 2: user id '\xe95' is not a whole number",
+    ),
+    (
+        "ml-1m",
+        {"ratings.dat": "5::20::4::978300760\n6::x21::2::978300761\n"},
+        "ratings.dat line 2: item id 'x21' is not a whole number",
+    ),
+    ("ml-100k", {"u.user": ""}, "u.user: no data lines"),
+    ("ml-100k", {"u.genre": ""}, "u.genre: no data lines"),
+    (
+        "ml-1m",
+        {"users.dat": "5::F::old::10::48067\n"},
+        "users.dat line 1: age 'old' is not a whole number",
+    ),
+    ("csv", {"users.csv": "user_id,plan\n"}, "users.csv: no data lines"),
+    (
+        "ml-100k",
         {"u.data": "1\t2\t3\t4\n1\t2\t3\n"},
         "u.data line 2: expected 4 tab-separated fields, got 3",
     ),
@@ -217,10 +264,14 @@ MALFORMED = [
     (
         "ml-100k",
         {"u.data": "1\t2\t3\t4\n1\t3\t3\tnoon\n"},
-        "u.data line 2: timestamp 'noon' is not a number",
+        "u.data line 2: timestamp 'noon' is not a whole number",
     ),
     ("ml-100k", {"u.data": ""}, "u.data: no interactions"),
-    ("ml-100k", {"u.user": "7|old|M|student|1\n"}, "u.user line 1: age 'old' is not a number"),
+    (
+        "ml-100k",
+        {"u.user": "7|old|M|student|1\n"},
+        "u.user line 1: age 'old' is not a whole number",
+    ),
     (
         "ml-100k",
         {"u.item": "50|Star Wars (1977)||||0|1\n"},
@@ -229,7 +280,7 @@ MALFORMED = [
     (
         "ml-100k",
         {"u.item": f"50|X (1977)||||{flags()[:-1]}y\n"},
-        "u.item line 1: genre flag 'y' is not a number",
+        "u.item line 1: genre flag 'y' is not a whole number",
     ),
     (
         "ml-1m",
@@ -239,7 +290,7 @@ MALFORMED = [
     (
         "ml-1m",
         {"ratings.dat": "1::2::3::4.5\n"},
-        "ratings.dat line 1: timestamp '4.5' is not a number",
+        "ratings.dat line 1: timestamp '4.5' is not a whole number",
     ),
     (
         "ml-1m",
@@ -269,7 +320,7 @@ MALFORMED = [
     (
         "csv",
         {"interactions.csv": "user_id,item_id,timestamp\n1,2,1e9\n"},
-        "interactions.csv line 2: timestamp '1e9' is not a number",
+        "interactions.csv line 2: timestamp '1e9' is not a whole number",
     ),
     (
         "csv",
@@ -327,7 +378,7 @@ MALFORMED = [
     (
         "csv",
         {"items.csv": "item_id,year\na,1984\nb,soon\n"},
-        "items.csv line 3: year 'soon' is not a number",
+        "items.csv line 3: year 'soon' is not a whole number",
     ),
     (
         "csv",
