@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
-    except (ColdstartError, FileExistsError, IsADirectoryError, NotADirectoryError) as error:
-        # The file-system errors are a path given where the other kind was needed (a
-        # directory for a file, a file for a directory): bad input, said in one line.
+    except (ColdstartError, OSError) as error:
+        # A file-system error is a path that cannot be read or written as given (missing,
+        # not permitted, a directory for a file): bad input, said in one line.
         print(f"coldstart: error: {error}", file=sys.stderr)
         return 2

@@ -33,7 +33,9 @@ from trainer.model import ColdStartModel, ModelConfig
 # 2: model_version hashes the feature vocabularies and has_ratings too, and loading checks it.
 # 3: it hashes the seed and the data fingerprint too (they choose evaluate's test users), and
 #    the fingerprint covers the raw user ids (the split hashes them).
-FORMAT_VERSION = 3
+# 4: the fingerprint covers the side features' values too, and the seed is range-checked.
+FORMAT_VERSION = 4
+MAX_SEED = 2**32 - 1  # what `coldstart train --seed` accepts
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 _REQUIRED = {  # key: its JSON type
@@ -77,14 +79,20 @@ class Artifact:
 
 
 def data_fingerprint(data: Dataset) -> str:
-    """A hash of the interactions, to tell which data a model was trained on. The raw user
-    ids are in it because the split hashes them: the same file with users renamed puts other
-    users in the test set."""
+    """A hash of the interactions and side features, to tell which data a model was trained
+    on. The raw user ids are in it because the split hashes them: the same file with users
+    renamed puts other users in the test set. The side features' values are in it because
+    the model's prior reads them: the same vocabulary with two users' genders swapped is
+    other data."""
     digest = hashlib.sha256()
-    for array in (data.users, data.items, data.ratings, data.timestamps):
+    arrays = [data.users, data.items, data.ratings, data.timestamps, data.item_features]
+    arrays += [data.user_features[name] for name in sorted(data.user_features)]
+    for array in arrays:
         if array is not None:
             digest.update(np.ascontiguousarray(array).tobytes())
-    for ids in (data.item_ids, data.user_ids):
+    names = [data.item_ids, data.user_ids, data.item_feature_names, sorted(data.user_vocab)]
+    names += [data.user_vocab[name] for name in sorted(data.user_vocab)]
+    for ids in names:
         digest.update("\n".join(ids).encode() + b"\0")
     return digest.hexdigest()
 
@@ -184,6 +192,9 @@ def _read_manifest(path: Path) -> dict:
             raise ArtifactError(
                 f"{path}: {key} is a {type(manifest[key]).__name__}, not a {kind.__name__}"
             )
+    seed = manifest["seed"]
+    if isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ArtifactError(f"{path}: seed {seed!r} is not an integer from 0 to {MAX_SEED}")
     _check_names(manifest, path)
     return manifest
 

@@ -41,22 +41,53 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _non_negative(text: str) -> int:
-    """A seed or a support size: numpy's generators refuse negative seeds with a traceback."""
+MAX_SUPPORT = 10_000  # far beyond any history the protocol can split
+MAX_SYNTH_CELLS = 20_000_000  # synth holds a few dense (users, items) float64 matrices
+
+
+def _bounded(text: str, limit: int) -> int:
+    """An integer from 0 to limit: numpy's generators refuse negative seeds, and torch's
+    huge ones, with a traceback."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: need an integer >= 0")
+    if not 0 <= value <= limit:
+        raise argparse.ArgumentTypeError(f"{text!r}: need an integer from 0 to {limit}")
     return value
 
 
-def _int_list(text: str) -> list[int]:
-    values = [_non_negative(v) for v in text.split(",") if v.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError(f"{text!r}: need one or more integers >= 0")
-    return values
+def _seed(text: str) -> int:
+    return _bounded(text, artifact.MAX_SEED)
+
+
+def _distinct(text: str, limit: int) -> list[int]:
+    """Comma-separated distinct integers from 0 to limit, ascending."""
+    parts = text.split(",")
+    if any(not part.strip() for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty entry; write e.g. 0,1,3")
+    values = [_bounded(part, limit) for part in parts]
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: a value is given twice")
+    return sorted(values)
+
+
+def _seeds(text: str) -> list[int]:
+    return _distinct(text, artifact.MAX_SEED)
+
+
+def _support_sizes(text: str) -> list[int]:
+    return _distinct(text, MAX_SUPPORT)
+
+
+def _out_dir(path: Path) -> None:
+    """Create --out before the work, so that a bad one fails now, in one line."""
+    if path.exists() and not path.is_dir():
+        raise ColdstartError(f"--out {path} is a file; give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ColdstartError(f"--out {path}: cannot create it ({error.strerror})") from None
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
@@ -81,18 +112,29 @@ def _config(config_class: type, args: argparse.Namespace):
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="data set directory")
     parser.add_argument("--format", choices=FORMATS, help="force a layout instead of detecting it")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="auto: CUDA when present (default %(default)s)",
+    )
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
     if args.users < 1 or args.items < 1:
         raise ColdstartError(f"--users and --items must be >= 1, got {args.users} and {args.items}")
+    if args.users * args.items > MAX_SYNTH_CELLS:
+        raise ColdstartError(
+            f"--users x --items is at most {MAX_SYNTH_CELLS:,} (synth holds dense users x items "
+            f"matrices), got {args.users:,} x {args.items:,}"
+        )
+    _out_dir(args.out)
     write_synthetic(args.out, args.users, args.items, args.seed)
     print(f"wrote a synthetic data set ({args.users} users, {args.items} items) to {args.out}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after training
+    _out_dir(args.out)
     data = load_dataset(args.data, args.format)
     device = resolve_device(args.device)
     ctx = make_context(data, args.seed, args.support_sizes, device)
@@ -126,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after fitting
+    _out_dir(args.out)
     data = load_dataset(args.data, args.format)
     loaded = artifact.load(args.model) if args.model else None
     seeds, model_config = args.seeds or DEFAULT_SEEDS, _config(ModelConfig, args)
@@ -147,14 +189,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _require_same_data(loaded: artifact.Artifact, data: Dataset) -> None:
-    """The model's item map, features and split only mean something on the data it saw."""
+    """The model's item map, features and split only mean something on the data it saw.
+    The fingerprint covers the features too: the vocabularies are compared first only to
+    say which part differs."""
     manifest = loaded.manifest
-    if manifest["dataset"].get("fingerprint") != artifact.data_fingerprint(data):
-        raise ColdstartError("--model was trained on different data than --data")
     if manifest["user_features"] != data.user_vocab:  # dicts: the same whatever the key order
         raise ColdstartError("--model was trained with other user features than --data has")
     if manifest["item_feature_names"] != data.item_feature_names:
         raise ColdstartError("--model was trained with other item features than --data has")
+    if manifest["dataset"].get("fingerprint") != artifact.data_fingerprint(data):
+        raise ColdstartError("--model was trained on different data than --data")
 
 
 def _artifact_seeds(loaded: artifact.Artifact, requested: list[int] | None) -> list[int]:
@@ -168,23 +212,21 @@ def _artifact_seeds(loaded: artifact.Artifact, requested: list[int] | None) -> l
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     synth = commands.add_parser("synth", help="write a synthetic data set (generic CSV layout)")
-    synth.add_argument("--out", required=True, type=Path)
-    synth.add_argument("--users", type=int, default=600)
-    synth.add_argument("--items", type=int, default=300)
-    synth.add_argument("--seed", type=_non_negative, default=0)
+    synth.add_argument("--out", required=True, type=Path, help="directory to write")
+    synth.add_argument("--users", type=int, default=600, help="default %(default)s")
+    synth.add_argument("--items", type=int, default=300, help="default %(default)s")
+    synth.add_argument("--seed", type=_seed, default=0, help="default %(default)s")
     synth.set_defaults(run=cmd_synth)
 
     train = commands.add_parser("train", help="meta-train a model and write its artifact")
     _add_data_flags(train)
     train.add_argument("--out", required=True, type=Path, help="model directory to write")
-    train.add_argument(
-        "--seed", type=_non_negative, default=0, help="user split and initialisation"
-    )
+    train.add_argument("--seed", type=_seed, default=0, help="user split and initialisation")
     train.add_argument(
         "--support-sizes",
-        type=_int_list,
+        type=_support_sizes,
         default=DEFAULT_SUPPORT_SIZES,
-        help="k values validation averages over",
+        help="k values validation averages over (default %(default)s)",
     )
     _add_config_flags(train, ModelConfig)
     _add_config_flags(train, TrainConfig)
@@ -194,8 +236,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_data_flags(evaluate)
     evaluate.add_argument("--out", required=True, type=Path, help="directory for the results")
     evaluate.add_argument("--model", type=Path, help="evaluate this artifact on its own split")
-    evaluate.add_argument("--support-sizes", type=_int_list, default=DEFAULT_SUPPORT_SIZES)
-    evaluate.add_argument("--seeds", type=_int_list, help="default 0,1,2 (one model each)")
+    evaluate.add_argument(
+        "--support-sizes",
+        type=_support_sizes,
+        default=DEFAULT_SUPPORT_SIZES,
+        help="k values (default %(default)s); with --protocol melu, validation's only",
+    )
+    evaluate.add_argument("--seeds", type=_seeds, help="default 0,1,2 (one model each)")
     evaluate.add_argument("--protocol", choices=PROTOCOLS, default="coldstart")
     _add_config_flags(evaluate, ModelConfig)
     _add_config_flags(evaluate, TrainConfig)

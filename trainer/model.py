@@ -19,6 +19,9 @@ from trainer.adapt import InnerRule, ItemTables, inner_loop
 from trainer.config_fields import check_fields
 from trainer.split import Support
 
+# Every adaptation, online ones included, takes this many catalogue-wide steps at most.
+MAX_INNER_STEPS = 100
+
 
 @dataclass
 class ModelConfig:
@@ -37,6 +40,8 @@ class ModelConfig:
             positive=("dim", "init_inner_lr", "init_prior", "svd_scale"),
             non_negative=("inner_steps", "rating_weight"),
         )
+        if self.inner_steps > MAX_INNER_STEPS:
+            raise ValueError(f"inner_steps must be <= {MAX_INNER_STEPS}, got {self.inner_steps}")
 
 
 class ColdStartModel(nn.Module):

@@ -84,7 +84,7 @@ def write_synthetic(out: Path, n_users: int, n_items: int, seed: int) -> None:
     popularity = -np.log1p(rng.permutation(n_items))  # Zipf-like: log(1 / rank)
     user, item, time = _sample(rng, affinity + popularity)
     score = affinity[user, item]
-    score = (score - score.mean()) / score.std()
+    score = (score - score.mean()) / max(score.std(), 1e-9)  # one interaction has no spread
     rating = np.clip(np.rint(3.0 + 1.2 * score + 0.5 * rng.normal(size=score.shape)), 1, 5)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import json
 from importlib.metadata import PackageNotFoundError
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save as save_tensors
@@ -134,6 +135,9 @@ def test_an_edited_manifest_no_longer_matches_its_version(saved, tmp_path: Path,
         (lambda m: m["model_config"].update(dim="8"), "dim must be int"),
         (lambda m: m["model_config"].update(init_prior=0), "init_prior must be > 0"),
         (lambda m: m["model_config"].update(inner_steps=2.5), "inner_steps must be int"),
+        (lambda m: m["model_config"].update(inner_steps=10**12), "inner_steps must be <= 100"),
+        (lambda m: m.update(seed=True), "seed True is not an integer from 0"),
+        (lambda m: m.update(seed=-1), "seed -1 is not an integer from 0"),
         (lambda m: m.update(item_ids=None), "item_ids is a NoneType, not a list"),
         (lambda m: m.update(user_features=[]), "user_features is a list, not a dict"),
         (lambda m: m["item_ids"].__setitem__(0, 7), "item_ids is not a list of strings"),
@@ -178,6 +182,21 @@ def test_a_source_checkout_without_package_metadata_still_saves(
     assert manifest["versions"]["coldstart"] == "not installed"
     assert manifest["versions"]["torch"] == "1.0"
     assert artifact.load(tmp_path / "model").version == manifest["model_version"]
+
+
+def test_the_fingerprint_tells_swapped_side_features_apart(tmp_path: Path) -> None:
+    """The prior reads the side features: the same vocabulary with values moved between
+    users (or items) is other data."""
+    write_synthetic(tmp_path / "data", n_users=30, n_items=20, seed=0)
+    data = load_dataset(tmp_path / "data")
+    genders = data.user_features["gender"]
+    swapped_genders = np.select([genders == 1, genders == 2], [2, 1], genders)
+    swapped = dataclasses.replace(
+        data, user_features=data.user_features | {"gender": swapped_genders}
+    )
+    assert artifact.data_fingerprint(swapped) != artifact.data_fingerprint(data)
+    moved = dataclasses.replace(data, item_features=data.item_features[::-1].copy())
+    assert artifact.data_fingerprint(moved) != artifact.data_fingerprint(data)
 
 
 def test_the_fingerprint_tells_renamed_users_apart(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from service.cli import main
+from trainer.cli import _support_sizes
 
 
 def test_train_then_evaluate_beats_popularity(tmp_path: Path, capsys) -> None:
@@ -133,11 +134,52 @@ def test_no_training_user_with_two_interactions_is_one_line(tmp_path: Path, caps
     assert "no training user has 2 interactions" in error and "\n" not in error
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
 @pytest.mark.parametrize("command", ["synth", "train"])
-def test_a_negative_seed_is_a_usage_error(tmp_path: Path, capsys, command: str) -> None:
-    """numpy refuses negative seeds with a traceback, so argparse refuses them first."""
-    args = [command, "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--seed", "-1"]
+def test_a_seed_out_of_range_is_a_usage_error(
+    tmp_path: Path, capsys, command: str, seed: str
+) -> None:
+    """numpy refuses negative seeds, and torch huge ones, with a traceback: argparse first."""
+    args = [command, "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--seed", seed]
     with pytest.raises(SystemExit) as exited:  # argparse's exit, as for any bad flag
         main(args if command == "train" else [command, *args[3:]])
     assert exited.value.code == 2
-    assert capsys.readouterr().err.strip().endswith("argument --seed: '-1': need an integer >= 0")
+    error = capsys.readouterr().err.strip()
+    assert error.endswith(f"argument --seed: '{seed}': need an integer from 0 to 4294967295")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--seeds", "0,0", "'0,0': a value is given twice"),
+        ("--seeds", "0,,1", "'0,,1': an empty entry; write e.g. 0,1,3"),
+        ("--support-sizes", "5,1,5", "'5,1,5': a value is given twice"),
+        ("--support-sizes", "3,", "'3,': an empty entry; write e.g. 0,1,3"),
+    ],
+)
+def test_a_list_flag_with_a_repeated_or_empty_entry_is_a_usage_error(
+    tmp_path: Path, capsys, flag: str, value: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", "--data", str(tmp_path), "--out", str(tmp_path / "o"), flag, value])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"argument {flag}: {message}")
+
+
+def test_support_sizes_are_taken_in_ascending_order() -> None:
+    assert _support_sizes("5,0,1") == [0, 1, 5]
+
+
+def test_synth_refuses_a_size_it_could_not_hold(tmp_path: Path, capsys) -> None:
+    args = ["synth", "--out", str(tmp_path / "d"), "--users", str(10**12), "--items", "50"]
+    assert main(args) == 2
+    assert "--users x --items is at most 20,000,000" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_an_out_directory_that_cannot_be_created_is_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "model"
+    assert main(["train", "--data", str(tmp_path), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"coldstart: error: --out {out}: cannot create it (Not a directory)"
