@@ -10,6 +10,7 @@ embedding, so rarely seen items still sit near their genre.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -65,7 +66,9 @@ class ColdStartModel(nn.Module):
             0 if item_features is None or not config.use_item_features else item_features.shape[1]
         )
         self.register_buffer("item_features", item_features if width else torch.zeros(n_items, 0))
-        self.feature_projection = nn.Linear(width, d, bias=False)
+        with warnings.catch_warnings():  # width 0 (no item features): nn.Linear's init warns
+            warnings.simplefilter("ignore", UserWarning)
+            self.feature_projection = nn.Linear(width, d, bias=False)
         nn.init.zeros_(self.feature_projection.weight)
         sizes = user_vocab_sizes if config.use_user_features else []
         self.user_prior = nn.Parameter(torch.zeros(d))
