@@ -30,6 +30,7 @@ import argparse
 import logging
 import random
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,12 +40,7 @@ from typing import Any, Protocol
 import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import (
-    KafkaConnectionError,
-    KafkaError,
-    KafkaTimeoutError,
-    MessageSizeTooLargeError,
-)
+from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
@@ -186,12 +182,12 @@ class EventApplier:
                 hits = self._judge_hits(updates)
             written = self._write(updates) if updates else set()
             applied += sum(len(updates[user].events) for user in written)
+            # Reported as each user is written: a batch that fails is retried, and a user
+            # not yet written would otherwise be judged twice, one already written never.
+            for user in written & hits.keys():
+                self.observer.on_hit(hits[user])
             pending = {user: pending[user] for user in updates if user not in written}
             if not pending:
-                # Reported only once the batch is in: a batch that fails is retried, and its
-                # events would otherwise be judged again.
-                for hit in hits:
-                    self.observer.on_hit(hit)
                 return applied
             logger.info("%s users changed under us; re-reading them", len(pending))
         raise ConflictError(f"{len(pending)} users kept losing compare-and-set races")
@@ -260,7 +256,7 @@ class EventApplier:
         except HistoryError as error:
             raise StoreError.of(record.user_id, error) from None
 
-    def _judge_hits(self, updates: Mapping[str, _Update]) -> list[bool]:
+    def _judge_hits(self, updates: Mapping[str, _Update]) -> dict[str, bool]:
         """Online hit rate: was each user's first new event's item in their current top-k?
 
         Only the first new event per user is judged, since later events of the batch
@@ -272,32 +268,48 @@ class EventApplier:
         tenth of the consumer's time.
         """
         candidates = [
-            (update.stored, update.events[0].event.item_id)
-            for update in updates.values()
+            (user, update.stored, update.events[0].event.item_id)
+            for user, update in updates.items()
             if update.stored is None or self.model.is_current(update.stored)
         ]
         if len(candidates) > self.hit_sample:
             candidates = random.sample(candidates, self.hit_sample)
         judged = [
-            (stored, item_id, seen)
-            for stored, item_id in candidates
+            (user, stored, item_id, seen)
+            for user, stored, item_id in candidates
             if (seen := [] if stored is None else self.model.seen(stored.history)) is not None
         ]
         if not judged:
-            return []
+            return {}
         vectors = torch.stack(
             [
                 torch.from_numpy(stored.vector) if stored is not None else self.model.prior
-                for stored, _, _ in judged
+                for _, stored, _, _ in judged
             ]
         )
         with torch.no_grad():
             ranked = scores(vectors, self.model.tables)  # (B, I)
-        for row, (_, _, seen) in enumerate(judged):
+        for row, (*_, seen) in enumerate(judged):
             ranked[row, seen] = -torch.inf
         top = torch.topk(ranked, min(self.hit_k, ranked.shape[1])).indices.tolist()
         index = self.model.item_index
-        return [index[item_id] in best for (_, item_id, _), best in zip(judged, top, strict=True)]
+        return {
+            user: index[item_id] in best
+            for (user, _, item_id, _), best in zip(judged, top, strict=True)
+        }
+
+
+def _listening(bootstrap: str, timeout_s: float) -> bool:
+    """Whether any "host:port" of `bootstrap` accepts a TCP connection (host may be an
+    [IPv6] literal)."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        except OSError:
+            continue
+        return True
+    return False
 
 
 def group_by_user(events: Iterable[SourcedEvent]) -> dict[str, list[SourcedEvent]]:
@@ -382,18 +394,18 @@ class EventConsumer:
         self._stopping.set()
 
     def _connect_when_reachable(self) -> None:
-        """connect(), retried while no broker answers, until stop(): Recommend needs no Kafka,
-        so a broker that is down at start-up delays ingestion rather than stopping the replica
-        (it used to exit after the client's 30 s bootstrap timeout)."""
+        """connect() once a bootstrap address accepts connections; until then (or stop())
+        wait and look again. Recommend needs no Kafka, so a broker that is down at start-up
+        delays ingestion rather than ending the replica, as the client's 30 s bootstrap
+        timeout used to. Looked for with a bare TCP connect: a kafka-python client whose
+        bootstrap fails leaves its IO thread behind, one per attempt. A broker that listens
+        but refuses the client (TLS, SASL) still fails connect(), loudly, as before."""
         while not self._stopping.is_set():
-            try:
-                self.connect()
-            except (KafkaConnectionError, KafkaTimeoutError) as error:
-                self.close()
-                self._back_off(f"cannot reach Kafka at {self.config.bootstrap}", error)
-            else:
+            if _listening(self.config.bootstrap, timeout_s=2.0):
                 self._backoff_s = 0.0
+                self.connect()
                 return
+            self._back_off(f"no Kafka broker listens at {self.config.bootstrap}", None)
 
     def connect(self) -> None:
         """Join the consumer group and open the dead-letter producer."""
@@ -570,13 +582,14 @@ class EventConsumer:
                 self._consumer.seek(tp, offset)
         self._back_off(f"batch of {len(records)} records not applied", error)
 
-    def _back_off(self, what: str, error: Exception) -> None:
+    def _back_off(self, what: str, error: Exception | None) -> None:
         """Wait before a retry, unless stop() comes first: retry_backoff_s at first, doubling
         on each failure in a row up to max_backoff_s."""
         self._backoff_s = min(
             self.config.max_backoff_s, max(self.config.retry_backoff_s, 2 * self._backoff_s)
         )
-        logger.warning("%s (%s); retrying in %.1f s", what, error, self._backoff_s)
+        because = f" ({error})" if error else ""
+        logger.warning("%s%s; retrying in %.1f s", what, because, self._backoff_s)
         self._stopping.wait(self._backoff_s)
 
     def _report_lag(self) -> None:

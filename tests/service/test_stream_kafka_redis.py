@@ -367,19 +367,21 @@ def test_a_broker_down_at_start_up_is_waited_for_and_then_consumed(
         f"127.0.0.1:{port}",
         topic,
         "late-broker",
+        client_id="late-broker",
         retry_backoff_s=0.1,
         max_backoff_s=0.2,
-        client_options={"bootstrap_timeout_ms": 300},
     )
     observer = Recorder()
     running = Running(EventConsumer(model, UserStore.from_url(stack.redis_url), config, observer))
     with caplog.at_level(logging.WARNING, logger="service.stream"), running:
         eventually(
-            lambda: caplog.text.count("cannot reach Kafka at 127.0.0.1") >= 2,
+            lambda: caplog.text.count("no Kafka broker listens at 127.0.0.1") >= 2,
             30,
             "two failed connection attempts",
         )
         assert running.thread.is_alive()
+        # No client was built yet, so none left an IO thread behind.
+        assert "kafka-io-late-broker" not in {t.name for t in threading.enumerate()}
         forwarder = Forwarder(port, stack.kafka_bootstrap)
         try:
             send(producer, topic, "late", event("late", 0, "i5").to_json())
