@@ -163,7 +163,7 @@ class Service:
             self._sink,
             self.metrics,
             s.max_stream_events,
-            s.max_record_streams,
+            s.grpc_workers // 2,  # open streams: the other workers stay free for Recommend
         )
         self.grpc = start_server(
             RecommenderServicer(self.recommender, self.ingestor, self.metrics),

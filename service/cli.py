@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except (ColdstartError, OSError) as error:
-        # A file-system error is a path that cannot be read or written as given (missing,
-        # not permitted, a directory for a file): bad input, said in one line.
+        # An OSError is a path that cannot be read or written as given (missing, not
+        # permitted, a directory for a file) or a port that cannot be bound: said in one
+        # line, as bad input is, not as a traceback.
         print(f"coldstart: error: {error}", file=sys.stderr)
         return 2

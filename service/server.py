@@ -542,6 +542,11 @@ def start_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # A client that vanished without closing its stream is found within about 80 s
+            # (a ping a minute, 20 s to answer) and its RPC cancelled, freeing its worker and
+            # RecordEvents slot, rather than after gRPC's default of two hours.
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
         ],
     )
     recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server)

@@ -58,10 +58,9 @@ class Settings:
     history_limit: int = 50  # interactions kept per user: what re-adaptation and filtering see
     state_ttl_s: int = 0  # expire a user's state after this long without events; 0: never
     max_concurrent_rpcs: int = 256  # beyond this, new RPCs get RESOURCE_EXHAUSTED at once
-    grpc_workers: int = 4  # threads serving RPCs; few, since more only contend for the GIL
+    grpc_workers: int = 4  # threads serving RPCs (>= 2); half at most hold RecordEvents streams
     max_message_bytes: int = 4 * 1024 * 1024  # largest gRPC message in either direction
     max_stream_events: int = 10_000  # events one RecordEvents stream may carry
-    max_record_streams: int = 2  # RecordEvents streams open at once; below grpc_workers
     poll_batch_size: int = 500  # records per consumer poll: the adaptation micro-batch
     grace_s: float = 5.0  # on SIGTERM, time in-flight RPCs get before they are cancelled
     redis_timeout_s: float = 0.25  # Redis socket timeout: past it, Recommend answers DEGRADED
@@ -236,22 +235,13 @@ def validate(settings: Settings) -> list[str]:
         ("history_limit", 1),
         ("state_ttl_s", 0),
         ("max_concurrent_rpcs", 1),
-        ("grpc_workers", 1),
+        ("grpc_workers", 2),
         ("max_message_bytes", 1024),
         ("max_stream_events", 1),
-        ("max_record_streams", 1),
         ("poll_batch_size", 1),
     ):
         if getattr(settings, name) < low:
             problems.append((name, f"{getattr(settings, name)} is below the minimum {low}"))
-    if settings.max_record_streams >= settings.grpc_workers:
-        problems.append(
-            (
-                "max_record_streams",
-                f"{settings.max_record_streams} streams would hold all {settings.grpc_workers} "
-                "gRPC workers and leave none for Recommend: keep it below grpc_workers",
-            )
-        )
     for name in ("grace_s", "redis_timeout_s"):
         if not getattr(settings, name) > 0:
             problems.append(

@@ -41,8 +41,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-MAX_SUPPORT = 10_000  # far beyond any history the protocol can split
-MAX_SYNTH_CELLS = 20_000_000  # synth holds a few dense (users, items) float64 matrices
+MAX_SUPPORT_SIZE = 10_000  # far beyond any history the protocol can split
+# synth holds a few dense (users, items) float64 matrices: ml-1m's size (22M) peaks at 0.7 GB
+MAX_SYNTH_CELLS = 50_000_000
 
 
 def _bounded(text: str, limit: int) -> int:
@@ -77,7 +78,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def _support_sizes(text: str) -> list[int]:
-    return _distinct(text, MAX_SUPPORT)
+    return _distinct(text, MAX_SUPPORT_SIZE)
 
 
 def _out_dir(path: Path) -> None:
@@ -214,7 +215,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     synth = commands.add_parser("synth", help="write a synthetic data set (generic CSV layout)")
     synth.add_argument("--out", required=True, type=Path, help="directory to write")
     synth.add_argument("--users", type=int, default=600, help="default %(default)s")
-    synth.add_argument("--items", type=int, default=300, help="default %(default)s")
+    synth.add_argument(
+        "--items",
+        type=int,
+        default=300,
+        help=f"default %(default)s; users x items is at most {MAX_SYNTH_CELLS:,}",
+    )
     synth.add_argument("--seed", type=_seed, default=0, help="default %(default)s")
     synth.set_defaults(run=cmd_synth)
 

@@ -87,11 +87,7 @@ def test_an_empty_variable_counts_as_unset(model_dir: Path) -> None:
         (["--topic", "bad topic!"], {}, "--topic / COLDSTART_TOPIC: 'bad topic!' must be"),
         (["--history-limit", "0"], {}, "COLDSTART_HISTORY_LIMIT: 0 is below the minimum 1"),
         (["--grace-s", "0"], {}, "COLDSTART_GRACE_S: 0.0 must be a positive number of seconds"),
-        (
-            ["--grpc-workers", "2", "--max-record-streams", "2"],
-            {},
-            "COLDSTART_MAX_RECORD_STREAMS: 2 streams would hold all 2 gRPC workers",
-        ),
+        (["--grpc-workers", "1"], {}, "COLDSTART_GRPC_WORKERS: 1 is below the minimum 2"),
     ],
 )
 def test_bad_values_name_the_setting_and_why(

@@ -75,8 +75,8 @@ class RecommenderServicer:
         """Client-streaming ingestion: validates each event and produces the valid
         ones to the events topic, where the consumer applies them to user state.
         Invalid events are counted and explained in the response; they do not
-        abort the stream. A replica keeps a few streams open at once
-        (max_record_streams) and caps the events of one (max_stream_events):
+        abort the stream. A replica keeps a few streams open at once (half its
+        grpc_workers) and caps the events of one (max_stream_events):
         beyond either the call is RESOURCE_EXHAUSTED, with a message that says
         which. A broker that cannot be reached is UNAVAILABLE.
         """
