@@ -203,7 +203,9 @@ def meta_train(
                 best, stale = (ndcg, step, copy.deepcopy(model.state_dict())), 0
             else:
                 stale += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}", valid_ndcg=f"{ndcg:.4f}")
+            # Shown at the bar's next timed refresh: refreshing now would print a stale step
+            # count (a bar over an iterable updates its count only when it redraws).
+            bar.set_postfix(loss=f"{loss.item():.3f}", valid_ndcg=f"{ndcg:.4f}", refresh=False)
             if stale >= config.patience:
                 break
     model.load_state_dict(best[2])
