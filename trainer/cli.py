@@ -135,9 +135,9 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)  # before --out is made: a refusal leaves nothing behind
     _out_dir(args.out)
     data = load_dataset(args.data, args.format)
-    device = resolve_device(args.device)
     ctx = make_context(data, args.seed, args.support_sizes, device)
     log.info(
         "meta-training on %s (%d users, %d items) on %s",
@@ -169,6 +169,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)  # before --out is made: a refusal leaves nothing behind
     _out_dir(args.out)
     data = load_dataset(args.data, args.format)
     loaded = artifact.load(args.model) if args.model else None
@@ -181,7 +182,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         support_sizes=args.support_sizes,
         seeds=seeds,
         protocol=args.protocol,
-        device=resolve_device(args.device),
+        device=device,
         model_config=model_config,
         train_config=_config(TrainConfig, args),
     )

@@ -81,6 +81,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path, capsys) -> None:
     )
     assert code == 2
     assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()  # refused before --out was made
 
 
 @pytest.mark.parametrize(
