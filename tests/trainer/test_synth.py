@@ -83,3 +83,10 @@ def test_ratings_rise_with_shared_taste(data: Dataset) -> None:
     has_others = count[key] > 1
     corr = np.corrcoef(data.ratings[has_others], others[has_others])[0, 1]
     assert corr > 0.4
+
+
+def test_a_single_interaction_gets_a_rating(tmp_path: Path) -> None:
+    """One interaction has no spread of affinities to standardise by."""
+    write_synthetic(tmp_path, 1, 1, seed=0)
+    data = load_dataset(tmp_path)  # a NaN rating would be refused as not finite
+    assert data.ratings.tolist() in ([1.0], [2.0], [3.0], [4.0], [5.0])
