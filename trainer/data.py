@@ -250,10 +250,27 @@ class _ItemSide:
     genre_names: list[str]  # column order of the genre features
 
 
+def _log_coverage(file: str, listed: dict[str, int], known: list[str], what: str) -> None:
+    """Say how far a side file and the interactions disagree: its rows for ids that never
+    interact are unused, and ids without a row get unknown features. Neither is an error
+    (a user list often outgrows a log), but a user should see it."""
+    unused = len(listed.keys() - set(known))
+    missing = sum(1 for raw in known if raw not in listed)
+    if unused or missing:
+        log.info(
+            "%s: %d %s ids have no interactions; %d without a row get unknown features",
+            file,
+            unused,
+            what,
+            missing,
+        )
+
+
 def _user_features(
     user_ids: list[str], side: _UserSide
 ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
     rows = _rows_of(side.table, side.ids, "user")
+    _log_coverage(side.table.file, rows, user_ids, "user")
     row_of_user = np.array([rows.get(u, -1) for u in user_ids], dtype=np.int64)
     features, vocab = {}, {}
     for name, values in side.columns.items():
@@ -270,7 +287,9 @@ def _item_features(item_ids: list[str], side: _ItemSide) -> tuple[np.ndarray, li
     column = {n: j for j, n in enumerate(names)}
     position = {raw: i for i, raw in enumerate(item_ids)}
     matrix = np.zeros((len(item_ids), len(names)), dtype=np.float32)  # (n_items, F)
-    for raw, row in _rows_of(side.table, side.ids, "item").items():
+    rows = _rows_of(side.table, side.ids, "item")
+    _log_coverage(side.table.file, rows, item_ids, "item")
+    for raw, row in rows.items():
         if raw in position:
             hot = [f"genre={g}" for g in side.genres[row]]
             if side.years[row] is not None:
@@ -386,7 +405,7 @@ def _load_ml100k(root: Path) -> Dataset:
             "gender": users.column(2),
             "occupation": users.column(3),
         }
-        user_side = _UserSide(users, users.column(0), features)
+        user_side = _UserSide(users, _integer_ids(users, users.column(0), "user id"), features)
     if (root / "u.item").exists():
         names = [str(j) for j in range(19)]  # the standard 19, named by index without u.genre
         if (root / "u.genre").exists():
@@ -399,7 +418,8 @@ def _load_ml100k(root: Path) -> Dataset:
         hot = np.stack(flags, axis=1) != 0  # (n_movies, n_genres)
         genres = [[names[j] for j in np.flatnonzero(row)] for row in hot]
         years = [_title_year(t) for t in movies.column(1)]
-        item_side = _ItemSide(movies, movies.column(0), genres, years, names)
+        ids = _integer_ids(movies, movies.column(0), "item id")
+        item_side = _ItemSide(movies, ids, genres, years, names)
     return _dataset("ml-100k", table, _grouplens_columns(table), user_side, item_side)
 
 
@@ -420,13 +440,14 @@ def _load_ml1m(root: Path) -> Dataset:
             "gender": users.column(1),
             "occupation": users.column(3),
         }
-        user_side = _UserSide(users, users.column(0), features)
+        user_side = _UserSide(users, _integer_ids(users, users.column(0), "user id"), features)
     if (root / "movies.dat").exists():
         movies = _side_table(root / "movies.dat", "::", _LATIN1, 3)
         genres = [g.split("|") if g else [] for g in movies.column(2)]
         years = [_title_year(t) for t in movies.column(1)]
         names = sorted({g for gs in genres for g in gs})
-        item_side = _ItemSide(movies, movies.column(0), genres, years, names)
+        ids = _integer_ids(movies, movies.column(0), "item id")
+        item_side = _ItemSide(movies, ids, genres, years, names)
     return _dataset("ml-1m", table, columns, user_side, item_side)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,16 @@ def test_csv_ids_lose_surrounding_blanks_but_keep_inner_ones(tmp_path: Path) -> 
     assert data.user_vocab["plan"][data.user_features["plan"][1]] == "pro"
 
 
+def test_side_file_rows_that_do_not_match_the_interactions_are_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = CSV | {"users.csv": "user_id,plan\nalice,pro\ncarol,free\ndave,free\n"}
+    with caplog.at_level(logging.INFO, logger="trainer.data"):
+        data = load_dataset(write(tmp_path, files))
+    assert "users.csv: 2 user ids have no interactions; 1 without a row" in caplog.text
+    assert data.user_features["plan"][data.user_ids.index("bob")] == 0  # unknown
+
+
 def test_csv_layout(tmp_path: Path) -> None:
     data = load_dataset(write(tmp_path, CSV))
     assert data.name == "csv"
@@ -241,6 +252,16 @@ MALFORMED = [
         "ml-1m",
         {"ratings.dat": "5::20::4::978300760\n6::x21::2::978300761\n"},
         "ratings.dat line 2: item id 'x21' is not a whole number",
+    ),
+    (
+        "ml-100k",
+        {"u.user": "7|17|M|student|85711\nx3|60|F|other|94043\n"},
+        "u.user line 2: user id 'x3' is not a whole number",
+    ),
+    (
+        "ml-1m",
+        {"movies.dat": "20 ::Amélie (2001)::Comedy\n"},
+        "movies.dat line 1: item id '20 ' is not a whole number",
     ),
     ("ml-100k", {"u.user": ""}, "u.user: no data lines"),
     ("ml-100k", {"u.genre": ""}, "u.genre: no data lines"),
