@@ -395,17 +395,23 @@ def _required(root: Path, fmt: str, *names: str) -> Path:
     return present[0]
 
 
+def _grouplens_users(path: Path, sep: str, age: int, gender: int) -> _UserSide:
+    """u.user and users.dat: five fields, the id first and the occupation fourth; age and
+    gender sit in either order."""
+    users = _side_table(path, sep, _LATIN1, 5)
+    features = {
+        "age": _age_buckets(users, users.column(age)),
+        "gender": users.column(gender),
+        "occupation": users.column(3),
+    }
+    return _UserSide(users, _integer_ids(users, users.column(0), "user id"), features)
+
+
 def _load_ml100k(root: Path) -> Dataset:
     table = _read_table(_required(root, "ml-100k", "u.data"), "\t", _LATIN1, 4)
     user_side = item_side = None
-    if (root / "u.user").exists():
-        users = _side_table(root / "u.user", "|", _LATIN1, 5)
-        features = {
-            "age": _age_buckets(users, users.column(1)),
-            "gender": users.column(2),
-            "occupation": users.column(3),
-        }
-        user_side = _UserSide(users, _integer_ids(users, users.column(0), "user id"), features)
+    if (root / "u.user").exists():  # id|age|gender|occupation|zip
+        user_side = _grouplens_users(root / "u.user", "|", age=1, gender=2)
     if (root / "u.item").exists():
         names = [str(j) for j in range(19)]  # the standard 19, named by index without u.genre
         if (root / "u.genre").exists():
@@ -433,14 +439,8 @@ def _load_ml1m(root: Path) -> Dataset:
         columns = (_integer_ids(table, users, "user id"), _integer_ids(table, items, "item id"))
         columns += tuple(rest)
     user_side = item_side = None
-    if (root / "users.dat").exists():
-        users = _side_table(root / "users.dat", "::", _LATIN1, 5)
-        features = {
-            "age": _age_buckets(users, users.column(2)),
-            "gender": users.column(1),
-            "occupation": users.column(3),
-        }
-        user_side = _UserSide(users, _integer_ids(users, users.column(0), "user id"), features)
+    if (root / "users.dat").exists():  # id::gender::age::occupation::zip
+        user_side = _grouplens_users(root / "users.dat", "::", age=2, gender=1)
     if (root / "movies.dat").exists():
         movies = _side_table(root / "movies.dat", "::", _LATIN1, 3)
         genres = [g.split("|") if g else [] for g in movies.column(2)]
