@@ -405,7 +405,7 @@ class EventConsumer:
                 self._backoff_s = 0.0
                 self.connect()
                 return
-            self._back_off(f"no Kafka broker listens at {self.config.bootstrap}", None)
+            self._back_off(f"no Kafka broker listens at {self.config.bootstrap}")
 
     def connect(self) -> None:
         """Join the consumer group and open the dead-letter producer."""
@@ -580,16 +580,15 @@ class EventConsumer:
         for tp, offset in _first_offsets(records).items():
             if tp in assigned:
                 self._consumer.seek(tp, offset)
-        self._back_off(f"batch of {len(records)} records not applied", error)
+        self._back_off(f"batch of {len(records)} records not applied ({error})")
 
-    def _back_off(self, what: str, error: Exception | None) -> None:
+    def _back_off(self, what: str) -> None:
         """Wait before a retry, unless stop() comes first: retry_backoff_s at first, doubling
         on each failure in a row up to max_backoff_s."""
         self._backoff_s = min(
             self.config.max_backoff_s, max(self.config.retry_backoff_s, 2 * self._backoff_s)
         )
-        because = f" ({error})" if error else ""
-        logger.warning("%s%s; retrying in %.1f s", what, because, self._backoff_s)
+        logger.warning("%s; retrying in %.1f s", what, self._backoff_s)
         self._stopping.wait(self._backoff_s)
 
     def _report_lag(self) -> None:

@@ -377,11 +377,20 @@ def _csv_interactions(path: Path) -> tuple[_Table, _Columns]:
     return table, (users, items, table.named("rating"), table.named("timestamp"))
 
 
-def _grouplens_columns(table: _Table) -> _Columns:
+def _grouplens_columns(table: _Table, columns: _Columns) -> _Columns:
+    """The interaction columns of a GroupLens layout, its user and item ids checked."""
+    users, items, ratings, times = columns
+    return (
+        _integer_ids(table, users, "user id"),
+        _integer_ids(table, items, "item id"),
+        ratings,
+        times,
+    )
+
+
+def _four_columns(table: _Table) -> _Columns:
     """user, item, rating, timestamp: the four fields of u.data and ratings.dat."""
-    users = _integer_ids(table, table.column(0), "user id")
-    items = _integer_ids(table, table.column(1), "item id")
-    return users, items, table.column(2), table.column(3)
+    return table.column(0), table.column(1), table.column(2), table.column(3)
 
 
 def _required(root: Path, fmt: str, *names: str) -> Path:
@@ -426,18 +435,18 @@ def _load_ml100k(root: Path) -> Dataset:
         years = [_title_year(t) for t in movies.column(1)]
         ids = _integer_ids(movies, movies.column(0), "item id")
         item_side = _ItemSide(movies, ids, genres, years, names)
-    return _dataset("ml-100k", table, _grouplens_columns(table), user_side, item_side)
+    columns = _grouplens_columns(table, _four_columns(table))
+    return _dataset("ml-100k", table, columns, user_side, item_side)
 
 
 def _load_ml1m(root: Path) -> Dataset:
     ratings = _required(root, "ml-1m", "ratings.dat", "ratings.csv")
     if ratings.suffix == ".dat":
         table = _read_table(ratings, "::", _LATIN1, 4)
-        columns = _grouplens_columns(table)
+        columns = _four_columns(table)
     else:
-        table, (users, items, *rest) = _csv_interactions(ratings)
-        columns = (_integer_ids(table, users, "user id"), _integer_ids(table, items, "item id"))
-        columns += tuple(rest)
+        table, columns = _csv_interactions(ratings)
+    columns = _grouplens_columns(table, columns)
     user_side = item_side = None
     if (root / "users.dat").exists():  # id::gender::age::occupation::zip
         user_side = _grouplens_users(root / "users.dat", "::", age=2, gender=1)
