@@ -9,8 +9,9 @@ Why this shape (DESIGN.md, User state in Redis):
   adapted vector (float32 bytes), the bounded recent history as raw item ids
   with their rating (so a new model, whose item indices differ, can re-adapt
   the user from it), the model version, a state version, the highest applied
-  Kafka offset per partition (so a replayed event is recognised and dropped),
-  and the time of the write. A 64-dimensional user with 50 events of history
+  Kafka offset per topic and partition (so a replayed event is recognised and
+  dropped, and a new topic's offsets, which start again at 0, are not), and
+  the time of the write. A 64-dimensional user with 50 events of history
   takes well under 1 KiB (`MEMORY USAGE`), which is a standing target.
 - Writes go through one Lua script per user that applies the record only if
   its state version is greater than the stored one: two writers that race, or
@@ -18,7 +19,9 @@ Why this shape (DESIGN.md, User state in Redis):
   batch's scripts travel in one pipeline (one round trip).
 
 Encodings are compact but plain: the history as `service.history` writes it;
-the watermark is "partition:offset" pairs joined by commas.
+the watermark is "topic:partition:offset" triples joined by commas (Kafka topic
+names cannot hold ':' or ','). Records written before the marks named their
+topic hold "partition:offset" pairs; those decode under LEGACY_TOPIC.
 """
 
 from __future__ import annotations
@@ -45,12 +48,16 @@ REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 KEY_PREFIX = "coldstart:user:"
 HISTORY_LIMIT = 50  # events kept per user, newest last
 
+Source = tuple[str, int]  # a Kafka topic and partition
+
 # Hash fields: one letter each, since field names are stored once per user.
 VECTOR, HISTORY, MODEL, STATE, WATERMARK, UPDATED = "v", "h", "m", "s", "w", "t"
 # Blob fields (vector, history, watermark) are split into fields of at most CHUNK bytes, so
 # that Redis keeps the whole hash in its compact ziplist/listpack encoding (values up to
 # hash-max-ziplist-value = 64 bytes by default): about half the memory of a hashtable.
 CHUNK = 64
+# The topic of a mark written before marks named their topic (see service.stream).
+LEGACY_TOPIC = ""
 
 # KEYS[1]: the user's hash. ARGV: the new state version, the TTL in seconds (0: none), the
 # chunk size, the number of blobs, (name, blob) pairs, then (field, value) pairs: what
@@ -106,7 +113,7 @@ class UserRecord:
     history: History  # bounded, newest last
     model_version: str  # the model the vector was adapted under
     state_version: int  # grows by one with every write of this user
-    watermarks: Mapping[int, int] = field(default_factory=dict)  # partition -> last applied offset
+    watermarks: Mapping[Source, int] = field(default_factory=dict)  # last applied offsets
     updated_at_ms: int = 0  # when the record was written
 
 
@@ -115,15 +122,18 @@ def user_key(user_id: str) -> str:
     return f"{KEY_PREFIX}{{{user_id}}}"
 
 
-def encode_watermarks(watermarks: Mapping[int, int]) -> bytes:
-    return ",".join(f"{p}:{o}" for p, o in sorted(watermarks.items())).encode()
+def encode_watermarks(watermarks: Mapping[Source, int]) -> bytes:
+    return ",".join(f"{t}:{p}:{o}" for (t, p), o in sorted(watermarks.items())).encode()
 
 
-def decode_watermarks(raw: bytes) -> dict[int, int]:
-    if not raw:
-        return {}
-    pairs = (pair.split(":") for pair in raw.decode().split(","))
-    return {int(partition): int(offset) for partition, offset in pairs}
+def decode_watermarks(raw: bytes) -> dict[Source, int]:
+    marks = {}
+    for mark in raw.decode().split(",") if raw else []:
+        *topic, partition, offset = mark.split(":")
+        if len(topic) > 1:
+            raise ValueError(f"watermark {mark!r} is not topic:partition:offset")
+        marks[topic[0] if topic else LEGACY_TOPIC, int(partition)] = int(offset)
+    return marks
 
 
 def encode_record(record: UserRecord) -> list[str | bytes]:

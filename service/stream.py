@@ -3,8 +3,10 @@
 Why it is built this way (DESIGN.md, Events and the stream):
 - At-least-once from Kafka, exactly-once effect on user state. Offsets are
   committed only after the states they produced are in Redis, and every user
-  record keeps the highest applied offset per partition, so a record seen
-  again (after a crash, a rebalance, or a fresh consumer group) is dropped.
+  record keeps the highest applied offset per topic and partition, so a record
+  seen again (after a crash, a rebalance, or a fresh consumer group) is
+  dropped, while a new topic's records, whose offsets start again at 0, are
+  not mistaken for applied ones.
 - A user's vector is re-adapted from the model's initialisation over the
   user's whole stored (bounded) history, never stepped on from the stored
   vector: the state is then a function of the history alone, so a replay
@@ -55,7 +57,15 @@ from service.events import (
 )
 from service.history import History, HistoryEntry, HistoryError, Interaction
 from service.model import ServingModel
-from service.store import REDIS_ERRORS, StoreError, UserRecord, UserStore, now_ms
+from service.store import (
+    LEGACY_TOPIC,
+    REDIS_ERRORS,
+    Source,
+    StoreError,
+    UserRecord,
+    UserStore,
+    now_ms,
+)
 from trainer.adapt import scores
 from trainer.allocator import keep_large_blocks
 from trainer.artifact import load
@@ -134,9 +144,14 @@ class ConflictError(ColdstartError):
 class SourcedEvent:
     """A valid event and the record it came from."""
 
+    topic: str
     partition: int
     offset: int
     event: Event
+
+    @property
+    def source(self) -> Source:
+        return self.topic, self.partition
 
 
 @dataclass(frozen=True)
@@ -199,13 +214,14 @@ class EventApplier:
         for user, events in pending.items():
             record = stored.get(user)
             marks = record.watermarks if record else {}
-            fresh = [e for e in events if e.offset > marks.get(e.partition, -1)]
+            fresh = [e for e in events if e.offset > applied_offset(marks, e.source)]
             replayed += len(events) - len(fresh)
             if fresh:
                 updates[user] = self._update(user, record, fresh)
         if replayed:
             # Expected after a restart or a rebalance. Without one, the marks are ahead of the
-            # log: the topic was recreated or points elsewhere, and new events are being lost.
+            # log: the topic was deleted and created again under the same name, and new events
+            # are being lost (README, Scale out).
             logger.info("%d events at or below their users' applied offsets skipped", replayed)
             self.observer.on_replayed(replayed)
         return updates
@@ -218,7 +234,8 @@ class EventApplier:
         )
         marks = dict(stored.watermarks) if stored else {}
         for sourced in events:
-            marks[sourced.partition] = max(marks.get(sourced.partition, -1), sourced.offset)
+            marks[sourced.source] = max(applied_offset(marks, sourced.source), sourced.offset)
+            marks.pop((LEGACY_TOPIC, sourced.partition), None)  # now held under its topic
         record = UserRecord(
             user_id=user,
             vector=stored.vector if stored else self.model.prior.numpy(),
@@ -310,6 +327,14 @@ def _listening(bootstrap: str, timeout_s: float) -> bool:
             continue
         return True
     return False
+
+
+def applied_offset(marks: Mapping[Source, int], source: Source) -> int:
+    """The last offset applied from `source`, -1 if none. A mark written before marks named
+    their topic counts for every topic, as it did then, until the user's next write from
+    that partition replaces it: a rolling upgrade re-applies nothing."""
+    legacy = marks.get((LEGACY_TOPIC, source[1]), -1)
+    return max(marks.get(source, -1), legacy)
 
 
 def group_by_user(events: Iterable[SourcedEvent]) -> dict[str, list[SourcedEvent]]:
@@ -518,7 +543,7 @@ class EventConsumer:
             except InvalidEvent as invalid:
                 self._dead_letter(record, invalid)
                 continue
-            valid.append(SourcedEvent(record.partition, record.offset, event))
+            valid.append(SourcedEvent(record.topic, record.partition, record.offset, event))
         return valid
 
     def _dead_letter(self, record: ConsumerRecord, invalid: InvalidEvent) -> None:

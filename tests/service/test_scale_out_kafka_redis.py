@@ -190,7 +190,7 @@ def test_two_replicas_share_the_partitions_and_a_killed_ones_are_taken_over(
         produced = [(e.item_id, e.rating) for e in events if e.user_id == user]
         assert [(h.item_id, h.rating) for h in record.history] == produced, user
         partition, offset = last[user]
-        assert dict(record.watermarks) == {partition: offset}, user
+        assert dict(record.watermarks) == {(TOPIC, partition): offset}, user
     histories = [model.interactions(record.history) for record in stored.values()]
     expected = model.adapt(histories).numpy()
     actual = np.stack([record.vector for record in stored.values()])

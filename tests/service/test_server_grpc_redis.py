@@ -128,7 +128,7 @@ def adapted_user(
         history=History(HistoryEntry(item, 4.0 if n % 2 else None) for n, item in enumerate(items)),
         model_version=version or model.version,
         state_version=1,
-        watermarks={0: 7},
+        watermarks={("events", 0): 7},
         updated_at_ms=1_700_000_000_000,
     )
     assert service.store.put_many([record]) == {user_id}

@@ -23,6 +23,7 @@ from service.localstack import LocalStack, free_port, redis_server_binary
 from service.settings import Settings
 from service.store import (
     CHUNK,
+    LEGACY_TOPIC,
     REDIS_ERRORS,
     StoreError,
     UserRecord,
@@ -52,7 +53,7 @@ def record(user_id: str = "u1", version: int = 1, n: int = 50) -> UserRecord:
         history=history(n),
         model_version="0123456789abcdef",
         state_version=version,
-        watermarks={0: 100 + version, 3: 7},
+        watermarks={("coldstart.events", 0): 100 + version, ("coldstart.events", 3): 7},
         updated_at_ms=1_700_000_000_000 + version,
     )
 
@@ -71,9 +72,19 @@ def assert_same(a: UserRecord, b: UserRecord) -> None:
 
 
 def test_watermarks_round_trip() -> None:
-    marks = {0: 5, 12: 1_234_567_890}
+    marks = {("coldstart.events", 0): 5, ("coldstart.events", 12): 1_234_567_890, ("b-2", 0): 3}
     assert decode_watermarks(encode_watermarks(marks)) == marks
     assert decode_watermarks(encode_watermarks({})) == {}
+
+
+def test_marks_written_before_they_named_a_topic_decode_under_the_legacy_topic() -> None:
+    assert decode_watermarks(b"0:7,3:12") == {(LEGACY_TOPIC, 0): 7, (LEGACY_TOPIC, 3): 12}
+
+
+@pytest.mark.parametrize("raw", [b"7", b"a:b:0:7", b"t:x:7", b"t:0:7,"])
+def test_a_malformed_watermark_does_not_decode(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_watermarks(raw)
 
 
 def test_the_key_carries_a_cluster_hash_tag() -> None:

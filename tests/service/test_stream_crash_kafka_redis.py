@@ -84,7 +84,7 @@ class Watch:
         """Whether Redis holds events whose offsets are not committed: a replay will follow."""
         applied: dict[int, int] = {}
         for record in self.store.get_many(f"u{n}" for n in range(USERS)).values():
-            for partition, offset in record.watermarks.items():
+            for (_, partition), offset in record.watermarks.items():
                 applied[partition] = max(applied.get(partition, -1), offset)
         committed = self.committed()
         return any(offset + 1 > committed[p] for p, offset in applied.items())

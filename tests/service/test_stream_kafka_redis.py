@@ -30,7 +30,7 @@ from service.history import History, HistoryEntry
 from service.localstack import LocalStack, free_port, redis_server_binary
 from service.model import ServingModel, item_indices
 from service.replay import replay, replay_order
-from service.store import UserRecord, UserStore, now_ms, user_key
+from service.store import LEGACY_TOPIC, UserRecord, UserStore, now_ms, user_key
 from service.stream import ConsumerConfig, EventApplier, EventConsumer, NoopObserver, SourcedEvent
 from service.topics import create_topic
 from trainer import artifact
@@ -442,8 +442,8 @@ def test_online_hits_are_judged_on_the_current_top_k_for_a_sample_of_users(
     observer = Hits()
     applier = EventApplier(model, store, observer, hit_k=3, hit_sample=2)
     cold = [item for item, _ in model.top_k(model.prior.numpy(), len(model.item_ids))]
-    first = [SourcedEvent(0, 0, event("hits-a", 0, cold[0]))]  # a new user's best item: a hit
-    first.append(SourcedEvent(0, 1, event("hits-b", 1, cold[-1])))  # their worst: a miss
+    first = [SourcedEvent("t", 0, 0, event("hits-a", 0, cold[0]))]  # a new user's best item: a hit
+    first.append(SourcedEvent("t", 0, 1, event("hits-b", 1, cold[-1])))  # their worst: a miss
     applier.apply(first)
     assert sorted(observer.judged) == [False, True]
 
@@ -451,12 +451,14 @@ def test_online_hits_are_judged_on_the_current_top_k_for_a_sample_of_users(
     stored = store.get("hits-a")
     best = model.top_k(stored.vector, 3, exclude=item_indices(model.interactions(stored.history)))
     observer.judged.clear()
-    applier.apply([SourcedEvent(0, 2, event("hits-a", 2, best[-1][0]))])
-    applier.apply([SourcedEvent(0, 3, event("hits-a", 3, cold[0]))])  # seen: not in the top-k
+    applier.apply([SourcedEvent("t", 0, 2, event("hits-a", 2, best[-1][0]))])
+    applier.apply([SourcedEvent("t", 0, 3, event("hits-a", 3, cold[0]))])  # seen: not in the top-k
     assert observer.judged == [True, False]
 
     observer.judged.clear()
-    applier.apply([SourcedEvent(0, 4 + n, event(f"hits-{n}", 4 + n, cold[0])) for n in range(5)])
+    applier.apply(
+        [SourcedEvent("t", 0, 4 + n, event(f"hits-{n}", 4 + n, cold[0])) for n in range(5)]
+    )
     assert len(observer.judged) == 2  # five users touched, two judged
     store.close()
 
@@ -476,7 +478,7 @@ def test_a_batch_retried_after_a_failed_write_is_judged_once(
         return UserStore.put_many(store, records)
 
     monkeypatch.setattr(store, "put_many", fails_once)
-    batch = [SourcedEvent(0, 0, event("judged-once", 0, model.item_ids[0]))]
+    batch = [SourcedEvent("t", 0, 0, event("judged-once", 0, model.item_ids[0]))]
     with pytest.raises(redis.ConnectionError):
         applier.apply(batch)
     assert observer.judged == []
@@ -492,17 +494,53 @@ def test_a_state_with_no_current_top_k_is_not_judged_and_its_write_repairs_it(
     observer = Hits()
     applier = EventApplier(model, store, observer)
     items, users = model.item_ids, ["short-vector", "torn-oldest"]
-    applier.apply([SourcedEvent(0, n, event(user, n, items[n])) for user in users for n in (0, 1)])
+    applier.apply(
+        [SourcedEvent("t", 0, n, event(user, n, items[n])) for user in users for n in (0, 1)]
+    )
     store.client.hset(user_key("short-vector"), "v0", b"\0" * 8)  # a 2-float vector
     store.client.hset(user_key("torn-oldest"), "h0", f"{items[0]}\x1ffour\x1e{items[1]}")
     observer.judged.clear()
-    assert applier.apply([SourcedEvent(0, 2, event(user, 2, items[2])) for user in users]) == 2
+    assert applier.apply([SourcedEvent("t", 0, 2, event(user, 2, items[2])) for user in users]) == 2
     assert observer.judged == []
     for user in users:
         assert_adapted_from_history(model, store.get(user))
     history = store.get("torn-oldest").history  # the unreadable entry was cut off
     assert [entry.item_id for entry in history] == items[1:3]
     store.close()
+
+
+def test_a_new_topic_whose_offsets_start_again_is_not_taken_for_a_replay(
+    model: ServingModel, stack: LocalStack
+) -> None:
+    store = UserStore.from_url(stack.redis_url)
+    applier = EventApplier(model, store)
+    items = model.item_ids
+    old = [SourcedEvent("events.old", 0, 100 + n, event("moved", n, items[n])) for n in range(3)]
+    assert applier.apply(old) == 3
+    new = [SourcedEvent("events.new", 0, n, event("moved", 3 + n, items[3 + n])) for n in range(2)]
+    assert applier.apply(new) == 2  # offsets 0 and 1 are below the old topic's mark
+    assert applier.apply(new[:1]) == 0  # and a replay of the new topic is still dropped
+    record = store.get("moved")
+    store.close()
+    assert [entry.item_id for entry in record.history] == items[:5]
+    assert dict(record.watermarks) == {("events.old", 0): 102, ("events.new", 0): 1}
+
+
+def test_marks_stored_before_they_named_a_topic_still_drop_replays_until_replaced(
+    model: ServingModel, stack: LocalStack
+) -> None:
+    """A record written by the previous release holds "partition:offset" marks."""
+    store = UserStore.from_url(stack.redis_url)
+    applier = EventApplier(model, store)
+    items = model.item_ids
+    assert applier.apply([SourcedEvent("t", 0, 7, event("upgraded", 0, items[0]))]) == 1
+    store.client.hset(user_key("upgraded"), "w0", b"0:7,1:4")  # as the old release wrote it
+    assert applier.apply([SourcedEvent("t", 0, 7, event("upgraded", 0, items[0]))]) == 0
+    assert applier.apply([SourcedEvent("t", 0, 8, event("upgraded", 1, items[1]))]) == 1
+    record = store.get("upgraded")
+    store.close()
+    assert [entry.item_id for entry in record.history] == items[:2]
+    assert dict(record.watermarks) == {("t", 0): 8, (LEGACY_TOPIC, 1): 4}
 
 
 def test_history_is_bounded_to_the_newest_events(model: ServingModel, stack: LocalStack) -> None:
@@ -514,7 +552,7 @@ def test_history_is_bounded_to_the_newest_events(model: ServingModel, stack: Loc
     for batch in batches:
         sourced = []
         for item in batch:
-            sourced.append(SourcedEvent(0, offset, event("bounded-user", offset, item)))
+            sourced.append(SourcedEvent("t", 0, offset, event("bounded-user", offset, item)))
             offset += 1
         assert applier.apply(sourced) == len(batch)
     record = store.get("bounded-user")
