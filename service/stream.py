@@ -23,15 +23,13 @@ Why it is built this way (DESIGN.md, Events and the stream):
   offsets and retries the batch with backoff.
 
 `EventApplier` is the state logic (no Kafka in it); `EventConsumer` is the
-Kafka adapter around it. `python -m service.stream` runs one consumer process.
+Kafka adapter around it; `coldstart serve` runs one beside the gRPC server.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
-import signal
 import socket
 import threading
 import time
@@ -46,7 +44,6 @@ from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
-from service import heap
 from service.events import (
     MAX_PAYLOAD_BYTES,
     UNREADABLE_STATE,
@@ -67,8 +64,6 @@ from service.store import (
     now_ms,
 )
 from trainer.adapt import scores
-from trainer.allocator import keep_large_blocks
-from trainer.artifact import load
 from trainer.errors import ColdstartError
 
 logger = logging.getLogger(__name__)
@@ -650,44 +645,3 @@ def _next_offsets(records: Iterable[ConsumerRecord]) -> dict[TopicPartition, int
 
 def _describe(offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> str:
     return ", ".join(f"{tp.topic}:{tp.partition}@{o.offset}" for tp, o in sorted(offsets.items()))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """One consumer process, stopped cleanly by SIGTERM or SIGINT."""
-    parser = argparse.ArgumentParser(prog="python -m service.stream", description=main.__doc__)
-    parser.add_argument("--model", required=True, help="model directory (trainer artifact)")
-    parser.add_argument("--kafka-bootstrap", required=True, help="host:port")
-    parser.add_argument("--redis-url", required=True, help="redis://host:port/db")
-    parser.add_argument("--topic", default="coldstart.events")
-    parser.add_argument("--group", default="coldstart")
-    parser.add_argument("--max-records", type=int, default=500)
-    parser.add_argument(
-        "--torch-threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads; batches are small, and more threads than free cores "
-        "made adaptation 10-60x slower on a busy 2-core machine",
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.torch_threads)
-    keep_large_blocks()
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
-    # Handlers first: a SIGTERM while the model loads must still end in a clean exit.
-    stop_requested = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop_requested.set())
-    config = ConsumerConfig(
-        args.kafka_bootstrap, args.topic, args.group, max_records=args.max_records
-    )
-    model, store = ServingModel(load(args.model)), UserStore.from_url(args.redis_url)
-    consumer = EventConsumer(model, store, config, stopping=stop_requested)
-    heap.settle()
-    consumer.run()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from replica import Replica
 from tiny_model import write_tiny_model
 from waiting import eventually
 
@@ -41,8 +38,6 @@ PARTITIONS = 4
 USERS = 120
 EVENTS_PER_USER = 30  # below the history bound (50): the whole sequence stays checkable
 EVENTS = USERS * EVENTS_PER_USER
-COLDSTART = [sys.executable, "-c", "from service.cli import main; raise SystemExit(main())"]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -54,37 +49,6 @@ def stack() -> Iterator[LocalStack]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("scale"), users=200, items=100, dim=16)
-
-
-class Replica:
-    """One `coldstart serve` process, its log, and what the log says about it."""
-
-    def __init__(self, model_dir: Path, stack: LocalStack, log: Path) -> None:
-        self.log = log
-        command = [*COLDSTART, "serve", "--model", str(model_dir), "--topic", TOPIC]
-        command += ["--kafka-bootstrap", stack.kafka_bootstrap, "--redis-url", stack.redis_url]
-        command += ["--consumer-group", GROUP, "--grpc-port", "0", "--metrics-port", "0"]
-        command += ["--poll-batch-size", "100", "--model-reload-s", "0"]
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def partitions(self) -> set[int]:
-        """The partitions of its latest assignment (empty before it joined)."""
-        found = re.findall(r"assigned partitions \[([0-9, ]*)\]", self.text())
-        return {int(p) for p in found[-1].split(",") if p.strip()} if found else set()
-
-    def applied(self) -> float:
-        """Events this process applied, from its own Prometheus endpoint."""
-        port = re.search(r"metrics on http://[^:]+:(\d+)/metrics", self.text())
-        if port is None:
-            return 0.0
-        with urllib.request.urlopen(f"http://127.0.0.1:{port[1]}/metrics", timeout=5) as page:
-            scrape = page.read().decode()
-        value = re.search(r"^coldstart_events_applied_total (\S+)$", scrape, re.MULTILINE)
-        return float(value[1]) if value else 0.0
 
 
 def events_by_user(item_ids: list[str]) -> list[Event]:
@@ -137,7 +101,18 @@ def test_two_replicas_share_the_partitions_and_a_killed_ones_are_taken_over(
     model = ServingModel(artifact.load(model_dir))
     events = events_by_user(model.item_ids)
     first, second = events[: EVENTS // 2], events[EVENTS // 2 :]
-    replicas = [Replica(model_dir, stack, tmp_path / f"replica-{n}.log") for n in (0, 1)]
+    replicas = [
+        Replica(
+            model_dir,
+            stack.kafka_bootstrap,
+            stack.redis_url,
+            tmp_path / f"replica-{n}.log",
+            topic=TOPIC,
+            group=GROUP,
+            batch=100,
+        )
+        for n in (0, 1)
+    ]
     try:
         victim, survivor = replicas
 

@@ -1,7 +1,7 @@
 """Integration, crash safety: SIGKILL a consumer process mid-stream against real tansu and Redis.
 
 20,000 events are consumed twice: once by a consumer that is never disturbed,
-and once by consumer processes (`python -m service.stream`) killed with
+and once by service processes (`coldstart serve`) killed with
 SIGKILL at several points and restarted. Every user's final state must be the
 same in both: the same history and watermarks, the same vector within float
 tolerance. Nothing lost (offsets are committed only after Redis has the state)
@@ -15,7 +15,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from replica import Replica
 from tiny_model import write_tiny_model
 from waiting import eventually
 
@@ -38,7 +38,6 @@ EVENTS = 20_000
 USERS = 300  # about 67 events each: histories overflow their bound of 50
 KILLS = 3
 MAX_RECORDS = 200
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -94,41 +93,32 @@ class Watch:
         self.store.close()
 
 
-def start_consumer(
-    model_dir: Path, stack: LocalStack, url: str, group: str, log: Path
-) -> subprocess.Popen:
-    command = [sys.executable, "-m", "service.stream", "--model", str(model_dir)]
-    command += ["--kafka-bootstrap", stack.kafka_bootstrap, "--redis-url", url]
-    command += ["--topic", TOPIC, "--group", group, "--max-records", str(MAX_RECORDS)]
-    with log.open("ab") as out:
-        return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+def start_consumer(model_dir: Path, stack: LocalStack, url: str, group: str, log: Path) -> Replica:
+    return Replica(
+        model_dir, stack.kafka_bootstrap, url, log, topic=TOPIC, group=group, batch=MAX_RECORDS
+    )
 
 
-def drain_and_stop(process: subprocess.Popen, watch: Watch, log: Path) -> None:
+def drain_and_stop(replica: Replica, watch: Watch) -> None:
     """Wait until this consumer has joined its group and every event is committed, then
     SIGTERM: a clean exit. (A SIGTERM while Python is still importing would end the
     process before any handler exists.)"""
-
-    def joined() -> bool:
-        lines = log.read_text(errors="replace").splitlines()
-        return any(f"[{process.pid}] " in line and "assigned partitions" in line for line in lines)
-
-    eventually(joined, 60, "the consumer joins its group", every_s=0.2)
+    eventually(replica.partitions, 60, "the consumer joins its group", every_s=0.2)
     eventually(lambda: watch.total() == EVENTS, 120, "the consumer drains the topic", every_s=0.2)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=20) == 0, log.read_text()[-3000:]
+    replica.process.send_signal(signal.SIGTERM)
+    assert replica.process.wait(timeout=20) == 0, replica.text()[-3000:]
 
 
-def clean_run(model_dir: Path, stack: LocalStack, url: str, log: Path) -> None:
+def clean_run(model_dir: Path, stack: LocalStack, url: str, logs: Path) -> None:
     """The reference: one consumer process, never disturbed."""
     watch = Watch(stack, "clean", url)
     try:
-        drain_and_stop(start_consumer(model_dir, stack, url, "clean", log), watch, log)
+        drain_and_stop(start_consumer(model_dir, stack, url, "clean", logs / "clean.log"), watch)
     finally:
         watch.close()
 
 
-def kill_when(process: subprocess.Popen, watch: Watch, in_window: bool) -> bool:
+def kill_when(replica: Replica, watch: Watch, in_window: bool) -> bool:
     """SIGKILL after some progress: between a state write and its offset commit
     (`in_window`), else at a random moment. True if Redis was ahead after the kill.
     A fast consumer may have drained the topic already: then the kill lands on an idle,
@@ -137,11 +127,11 @@ def kill_when(process: subprocess.Popen, watch: Watch, in_window: bool) -> bool:
     progressed = lambda: watch.total() > before or watch.total() == EVENTS  # noqa: E731
     eventually(progressed, 60, "progress before a kill", every_s=0.05)
     if in_window:
-        stop_in_window(process, watch)
+        stop_in_window(replica.process, watch)
     else:
         time.sleep(random.Random(before).uniform(0.0, 0.3))
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    os.kill(replica.process.pid, signal.SIGKILL)
+    replica.process.wait()
     return watch.applied_beyond_commit()
 
 
@@ -158,17 +148,17 @@ def stop_in_window(process: subprocess.Popen, watch: Watch, timeout_s: float = 1
         time.sleep(random.uniform(0.0, 0.02))  # not in step with the batches
 
 
-def crashing_run(model_dir: Path, stack: LocalStack, url: str, log: Path) -> int:
+def crashing_run(model_dir: Path, stack: LocalStack, url: str, logs: Path) -> int:
     """Consumer processes killed KILLS times and restarted; returns how many kills left
     state in Redis beyond the committed offsets (so that a replay had to be a no-op)."""
     watch = Watch(stack, "crashy", url)
     replays = 0
     try:
         for kill in range(KILLS):
-            process = start_consumer(model_dir, stack, url, "crashy", log)
-            replays += kill_when(process, watch, in_window=kill % 2 == 0)
+            replica = start_consumer(model_dir, stack, url, "crashy", logs / f"killed-{kill}.log")
+            replays += kill_when(replica, watch, in_window=kill % 2 == 0)
             time.sleep(7)  # the dead member's session (6 s) expires: the next joins an empty group
-        drain_and_stop(start_consumer(model_dir, stack, url, "crashy", log), watch, log)
+        drain_and_stop(start_consumer(model_dir, stack, url, "crashy", logs / "last.log"), watch)
     finally:
         watch.close()
     return replays
@@ -181,8 +171,8 @@ def test_sigkilled_consumers_end_in_the_same_state_as_a_fault_free_run(
     produce(stack.kafka_bootstrap, artifact.load(model_dir).item_ids)
     base = stack.redis_url.rsplit("/", 1)[0]
     clean_url, crashy_url = f"{base}/1", f"{base}/2"
-    clean_run(model_dir, stack, clean_url, tmp_path / "clean.log")
-    replays = crashing_run(model_dir, stack, crashy_url, tmp_path / "consumer.log")
+    clean_run(model_dir, stack, clean_url, tmp_path)
+    replays = crashing_run(model_dir, stack, crashy_url, tmp_path)
     # The in-window kills (the first and the third) leave applied events above the
     # committed offsets, so the restarted consumer must drop a replay, not apply it twice.
     assert replays >= 1, "no kill landed between a state write and its commit"
