@@ -81,10 +81,16 @@ def _support_sizes(text: str) -> list[int]:
     return _distinct(text, MAX_SUPPORT_SIZE)
 
 
-def _out_dir(path: Path) -> None:
-    """Create --out before the work, so that a bad one fails now, in one line."""
+def _refuse_file(path: Path) -> None:
+    """Checked before anything else: a mistyped --out is the most common bad argument."""
     if path.exists() and not path.is_dir():
         raise ColdstartError(f"--out {path} is a file; give a directory")
+
+
+def _out_dir(path: Path) -> None:
+    """Create --out once the input is checked and before the long work: a bad --out then
+    fails in one line before minutes of training, and bad input leaves no empty directory."""
+    _refuse_file(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -135,10 +141,11 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    device = resolve_device(args.device)  # before --out is made: a refusal leaves nothing behind
-    _out_dir(args.out)
+    _refuse_file(args.out)
+    device = resolve_device(args.device)
     data = load_dataset(args.data, args.format)
     ctx = make_context(data, args.seed, args.support_sizes, device)
+    _out_dir(args.out)
     log.info(
         "meta-training on %s (%d users, %d items) on %s",
         data.name,
@@ -169,8 +176,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    device = resolve_device(args.device)  # before --out is made: a refusal leaves nothing behind
-    _out_dir(args.out)
+    _refuse_file(args.out)
+    device = resolve_device(args.device)
     data = load_dataset(args.data, args.format)
     loaded = artifact.load(args.model) if args.model else None
     seeds, model_config = args.seeds or DEFAULT_SEEDS, _config(ModelConfig, args)
@@ -186,6 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         model_config=model_config,
         train_config=_config(TrainConfig, args),
     )
+    _out_dir(args.out)
     run_evaluation(data, args.out, options, loaded)
     print((args.out / "results.md").read_text())
 

@@ -60,6 +60,7 @@ def test_malformed_data_is_one_line_with_exit_code_2(tmp_path: Path, capsys) -> 
     assert code == 2
     assert error.startswith("coldstart: error: interactions.csv line 2")
     assert "\n" not in error
+    assert not (tmp_path / "m").exists()  # bad input leaves no empty --out behind
 
 
 def test_a_corrupt_model_is_refused_with_exit_code_2(tmp_path: Path, capsys) -> None:
@@ -117,7 +118,7 @@ def test_a_path_of_the_wrong_kind_is_one_line_with_exit_code_2(tmp_path: Path, c
     assert len(errors) == 2
 
 
-def test_a_bad_out_directory_fails_before_any_work(tmp_path: Path, capsys) -> None:
+def test_an_out_that_is_a_file_fails_before_any_work(tmp_path: Path, capsys) -> None:
     """Checked first: --data does not exist either, and the error is about --out."""
     (tmp_path / "a_file").write_text("")
     for command in ("train", "evaluate"):
@@ -179,8 +180,10 @@ def test_synth_refuses_a_size_it_could_not_hold(tmp_path: Path, capsys) -> None:
 
 
 def test_an_out_directory_that_cannot_be_created_is_one_line(tmp_path: Path, capsys) -> None:
+    main(["synth", "--out", str(tmp_path / "d"), "--users", "50", "--items", "20"])
+    capsys.readouterr()
     (tmp_path / "a_file").write_text("")
     out = tmp_path / "a_file" / "model"
-    assert main(["train", "--data", str(tmp_path), "--out", str(out)]) == 2
+    assert main(["train", "--data", str(tmp_path / "d"), "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
     assert error == f"coldstart: error: --out {out}: cannot create it (Not a directory)"
