@@ -373,7 +373,7 @@ def _optional_years(table: _Table, values: list[str]) -> list[int | None]:
 
 def _csv_interactions(path: Path) -> tuple[_Table, _Columns]:
     table = _read_table(path, ",", _UTF8)
-    users, items = table.require("user_id", "item_id")
+    users, items = (_stripped(ids) for ids in table.require("user_id", "item_id"))
     return table, (users, items, table.named("rating"), table.named("timestamp"))
 
 
@@ -461,8 +461,7 @@ def _load_ml1m(root: Path) -> Dataset:
 
 
 def _load_csv(root: Path) -> Dataset:
-    table, (users, items, *rest) = _csv_interactions(_required(root, "csv", "interactions.csv"))
-    columns = (_stripped(users), _stripped(items), *rest)
+    table, columns = _csv_interactions(_required(root, "csv", "interactions.csv"))
     user_side = item_side = None
     if (root / "users.csv").exists():
         users = _side_table(root / "users.csv", ",", _UTF8)

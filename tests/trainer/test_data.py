@@ -109,10 +109,11 @@ def test_ml1m_layout_with_timestamps(tmp_path: Path) -> None:
 
 
 def test_ml1m_ratings_csv_has_no_timestamps(tmp_path: Path) -> None:
-    files = {"ratings.csv": "user_id,item_id,rating\n5,20,4\n6,20,3\n"}
+    files = {"ratings.csv": "user_id,item_id,rating\n5,20,4\n6, 20 ,3\n"}
     data = load_dataset(write(tmp_path, files))
     assert data.name == "ml-1m" and data.timestamps is None
     assert data.ratings.tolist() == [4, 3]
+    assert data.item_ids == ["20"]  # csv ids lose surrounding blanks, as in the csv layout
     assert data.user_features == {}  # no users.dat
 
 
