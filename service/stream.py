@@ -45,6 +45,7 @@ from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
 from service.events import (
+    MAX_ID_CHARS,
     MAX_PAYLOAD_BYTES,
     UNREADABLE_STATE,
     Event,
@@ -67,6 +68,8 @@ from trainer.adapt import scores
 from trainer.errors import ColdstartError
 
 logger = logging.getLogger(__name__)
+
+MAX_KEY_BYTES = 4 * MAX_ID_CHARS  # a user id's UTF-8 bytes at most: the key a letter keeps
 
 
 class StreamObserver(Protocol):
@@ -567,15 +570,18 @@ class EventConsumer:
         self, record: ConsumerRecord, headers: list[tuple[str, bytes]], truncated: bool = False
     ) -> FutureRecordMetadata:
         """Sends the original bytes, or, for a record too large for the producer or the
-        broker, its first MAX_PAYLOAD_BYTES with a `truncated_from` header."""
+        broker, its first MAX_PAYLOAD_BYTES with a `truncated_from` header, and a key cut to
+        the longest a user id can be (with `key_truncated_from` when it was longer): a huge
+        key alone would keep the letter too large, and its batch retrying forever."""
         assert self._producer is not None, "connect() first"
-        value = record.value or b""
+        value, key = record.value or b"", record.key
         if truncated:
             headers = [*headers, ("truncated_from", str(len(value)).encode())]
             value = value[:MAX_PAYLOAD_BYTES]
-        return self._producer.send(
-            self.config.dlq_topic, key=record.key, value=value, headers=headers
-        )
+            if key is not None and len(key) > MAX_KEY_BYTES:
+                headers.append(("key_truncated_from", str(len(key)).encode()))
+                key = key[:MAX_KEY_BYTES]
+        return self._producer.send(self.config.dlq_topic, key=key, value=value, headers=headers)
 
     def _flush_dead_letters(self) -> None:
         """Waits until every queued dead letter is on the broker; a failure raises, and the

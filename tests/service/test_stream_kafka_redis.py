@@ -31,7 +31,14 @@ from service.localstack import LocalStack, free_port, redis_server_binary
 from service.model import ServingModel, item_indices
 from service.replay import replay, replay_order
 from service.store import LEGACY_TOPIC, UserRecord, UserStore, now_ms, user_key
-from service.stream import ConsumerConfig, EventApplier, EventConsumer, NoopObserver, SourcedEvent
+from service.stream import (
+    MAX_KEY_BYTES,
+    ConsumerConfig,
+    EventApplier,
+    EventConsumer,
+    NoopObserver,
+    SourcedEvent,
+)
 from service.topics import create_topic
 from trainer import artifact
 from trainer.data import load_dataset
@@ -264,24 +271,30 @@ def test_a_burst_of_bad_records_is_dead_lettered_and_one_too_large_to_forward_go
     stack: LocalStack, model: ServingModel, producer: KafkaProducer
 ) -> None:
     """The dead letters of a batch are sent together and confirmed once, before the commit;
-    a record larger than the dead-letter producer may send goes as its first 64 KiB."""
+    a record larger than the dead-letter producer may send goes as its first 64 KiB, and a
+    key too large to send is cut to the longest user id."""
     topic = "events.burst"
     create_topic(stack.kafka_bootstrap, topic, PARTITIONS)
     huge = b'{"pad": "' + b"x" * ONE_MB + b'"}'
     send(producer, topic, "big", huge)
     for n in range(120):
         send(producer, topic, f"user{n % 7}", b"not json %d" % n)
+    send(producer, topic, "k" * 2**19, b"not json, under a huge key")
     observer = Recorder()
     config = ConsumerConfig(stack.kafka_bootstrap, topic, "burst", dlq_max_request_bytes=2**19)
     with Running(EventConsumer(model, UserStore.from_url(stack.redis_url), config, observer)):
         eventually(lambda: committed_everything(stack, topic, "burst"), 30, "all committed")
-    assert observer.dead == Counter({"payload_too_large": 1, "bad_json": 120})
-    letters = dead_letters(stack, f"{topic}.dlq", 121)
-    assert len(letters) == 121
+    assert observer.dead == Counter({"payload_too_large": 1, "bad_json": 121})
+    letters = dead_letters(stack, f"{topic}.dlq", 122)
+    assert len(letters) == 122
     (big,) = [r for r in letters if r.key == b"big"]
     assert big.value == huge[:MAX_PAYLOAD_BYTES]
     assert dict(big.headers)["truncated_from"] == str(len(huge)).encode()
-    assert sorted(int(r.value.split()[-1]) for r in letters if r.key != b"big") == list(range(120))
+    (keyed,) = [r for r in letters if r.key.startswith(b"kkk")]
+    assert keyed.key == b"k" * MAX_KEY_BYTES and keyed.value == b"not json, under a huge key"
+    assert dict(keyed.headers)["key_truncated_from"] == str(2**19).encode()
+    rest = [r for r in letters if r.key.startswith(b"user")]
+    assert sorted(int(r.value.split()[-1]) for r in rest) == list(range(120))
 
 
 def test_redis_down_holds_offsets_and_nothing_is_lost_when_it_returns(
