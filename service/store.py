@@ -168,12 +168,21 @@ def decode_record(user_id: str, fields: Mapping[bytes, bytes]) -> UserRecord:
             vector=np.frombuffer(_joined(VECTOR, fields), dtype="<f4").astype(np.float32),
             history=History.decode(_joined(HISTORY, fields)),
             model_version=fields[MODEL.encode()].decode(),
-            state_version=int(fields[STATE.encode()]),
+            state_version=_whole_number(fields[STATE.encode()]),
             watermarks=decode_watermarks(_joined(WATERMARK, fields)),
-            updated_at_ms=int(fields[UPDATED.encode()]),
+            updated_at_ms=_whole_number(fields[UPDATED.encode()]),
         )
     except (KeyError, ValueError, UnicodeDecodeError) as error:
         raise StoreError.of(user_id, error) from None
+
+
+def _whole_number(raw: bytes) -> int:
+    """ASCII digits only: what this store writes, and what the script's tonumber() reads. Python's
+    int() also takes '1_0' and other scripts' digits, which the script cannot compare: the
+    user's writes would then fail as a Redis error, and their batch retry forever."""
+    if not raw.isdigit():  # bytes.isdigit() is ASCII-only
+        raise ValueError(f"{raw!r} is not a whole number")
+    return int(raw)
 
 
 def _joined(name: str, fields: Mapping[bytes, bytes]) -> bytes:
