@@ -44,8 +44,9 @@ BAD_VALUE = "bad_value"
 BAD_TS = "bad_ts"
 UNKNOWN_ITEM = "unknown_item"
 UNREADABLE_STATE = "unreadable_state"  # a valid event whose user's stored state cannot be read
+UNDECODABLE = "undecodable"  # a gRPC Event that is not valid protobuf (a string not UTF-8)
 REASONS = (EMPTY, TOO_LARGE, BAD_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, BAD_ID)
-REASONS += (UNKNOWN_TYPE, BAD_VALUE, BAD_TS, UNKNOWN_ITEM, UNREADABLE_STATE)
+REASONS += (UNKNOWN_TYPE, BAD_VALUE, BAD_TS, UNKNOWN_ITEM, UNREADABLE_STATE, UNDECODABLE)
 
 
 class InvalidEvent(ColdstartError):

@@ -30,6 +30,8 @@ from typing import Any, Protocol, TypeVar
 import grpc
 import numpy as np
 from coldstart.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from kafka import KafkaProducer
@@ -38,6 +40,7 @@ from kafka.errors import KafkaError
 from service.errors import IngestUnavailable, InvalidRequest, StreamTooLong, TooManyStreams
 from service.events import (
     MAX_ID_CHARS,
+    UNDECODABLE,
     Event,
     InvalidEvent,
     check_id,
@@ -247,7 +250,9 @@ class Ingestor:
         self.max_streams = max_streams
         self._streams = threading.BoundedSemaphore(max_streams)
 
-    def ingest(self, documents: Iterable[Mapping[str, Any]]) -> IngestResult:
+    def ingest(self, documents: Iterable[Mapping[str, Any] | InvalidEvent]) -> IngestResult:
+        """Each document is an event's fields, or the InvalidEvent of one that could not
+        even be read (rejected like any other bad event)."""
         if not self._streams.acquire(blocking=False):
             raise TooManyStreams(
                 f"{self.max_streams} RecordEvents streams are already open on this replica, "
@@ -258,7 +263,7 @@ class Ingestor:
         finally:
             self._streams.release()
 
-    def _ingest(self, documents: Iterable[Mapping[str, Any]]) -> IngestResult:
+    def _ingest(self, documents: Iterable[Mapping[str, Any] | InvalidEvent]) -> IngestResult:
         result = IngestResult()
         pending: list[tuple[int, str, Callable[[], None]]] = []
         for index, document in enumerate(documents):
@@ -271,11 +276,14 @@ class Ingestor:
                     f"{result.rejected} rejected): send the rest in a new stream"
                 )
             try:
+                if isinstance(document, InvalidEvent):
+                    raise document
                 event = event_from_mapping(document)
                 check_item(event, self.item_index)
             except InvalidEvent as error:
                 self.metrics.on_rejected(error.reason)
-                result.reject(index, str(document.get("event_id", ""))[:MAX_ID_CHARS], str(error))
+                known = {} if isinstance(document, InvalidEvent) else document
+                result.reject(index, str(known.get("event_id", ""))[:MAX_ID_CHARS], str(error))
                 continue
             pending.append((index, event.event_id, self.sink.send(event)))
         self._settle(pending, result)
@@ -394,6 +402,48 @@ STATE_KIND = {
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """A request message that is not valid protobuf, e.g. a string field that is not UTF-8."""
+
+    reason: str
+
+
+def _lenient(message: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    def parse(raw: bytes) -> Message | Undecodable:
+        try:
+            return message.FromString(raw)
+        except DecodeError as error:
+            return Undecodable(f"the request is not a valid {message.DESCRIPTOR.name}: {error}")
+
+    return parse
+
+
+def _add_servicer(servicer: RecommenderServicer, server: grpc.Server) -> None:
+    """What the generated add_RecommenderServicer_to_server does, but with requests read by
+    _lenient: a message gRPC cannot decode otherwise fails inside gRPC as INTERNAL, before
+    _rpc can count it, and mid-stream it ends RecordEvents without saying which of the
+    earlier events were produced, so a client resending them applies them twice. Here it
+    is INVALID_ARGUMENT, and in a stream one rejected event."""
+    service = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"]
+    handlers = {}
+    for method in service.methods:
+        kind = grpc.unary_unary_rpc_method_handler
+        if method.client_streaming:
+            kind = grpc.stream_unary_rpc_method_handler
+        handlers[method.name] = kind(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(message_factory.GetMessageClass(method.input_type)),
+            response_serializer=message_factory.GetMessageClass(
+                method.output_type
+            ).SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 def status_for(error: Exception) -> grpc.StatusCode:
     """The gRPC status of a domain error (INTERNAL for anything unexpected)."""
     for kind, code in STATUS:
@@ -411,6 +461,8 @@ def _rpc(method: str) -> Callable[[Handler], Handler]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if isinstance(request, Undecodable):
+                    raise InvalidRequest(request.reason)
                 return handler(self, request, context)
             except Exception as error:
                 code = status_for(error)
@@ -435,8 +487,10 @@ _EVENT_TYPES = {number: name.lower() for name, number in event_pb2.EventType.ite
 _EVENT_TYPES[0] = "unspecified"
 
 
-def _event_document(event: event_pb2.Event) -> dict[str, Any]:
+def _event_document(event: event_pb2.Event | Undecodable) -> dict[str, Any] | InvalidEvent:
     """A protobuf Event as the JSON mapping the event parser checks."""
+    if isinstance(event, Undecodable):
+        return InvalidEvent(UNDECODABLE, event.reason)
     kind = _EVENT_TYPES.get(event.type, str(event.type))
     return {
         "event_id": event.event_id,
@@ -549,7 +603,7 @@ def start_server(
             ("grpc.keepalive_timeout_ms", 20_000),
         ],
     )
-    recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server)
+    _add_servicer(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)

@@ -367,6 +367,44 @@ def test_record_events_produces_valid_events_and_explains_rejections(
     }
 
 
+# A RecommendRequest whose user_id (field 1) is the bytes ff fe, which are not UTF-8, and k 5.
+NOT_UTF8_REQUEST = bytes.fromhex("0a02fffe1005")
+
+
+def test_a_request_that_is_not_valid_protobuf_is_invalid_argument_and_counted(
+    service: Running,
+) -> None:
+    raw = service.channel.unary_unary(f"/{SERVICE_NAME}/Recommend")  # bytes in, bytes out
+    labels = {"method": "Recommend", "code": "INVALID_ARGUMENT"}
+    count = lambda: service.metrics.registry.get_sample_value(  # noqa: E731
+        "coldstart_grpc_requests_total", labels
+    )
+    before = count() or 0.0
+    with pytest.raises(grpc.RpcError) as raised:
+        raw(NOT_UTF8_REQUEST, timeout=5)
+    assert raised.value.code() == Code.INVALID_ARGUMENT
+    assert "not a valid RecommendRequest" in raised.value.details()
+    assert "bad UTF-8" in raised.value.details()
+    assert count() == before + 1
+
+
+def test_an_event_that_is_not_valid_protobuf_is_one_rejection_in_its_stream(
+    service: Running,
+) -> None:
+    """The events before and after it are produced and counted: the client learns exactly
+    which one to fix, and resends nothing that was accepted."""
+    raw = service.channel.stream_unary(
+        f"/{SERVICE_NAME}/RecordEvents",
+        response_deserializer=recommender_pb2.RecordEventsResponse.FromString,
+    )
+    not_utf8 = bytes.fromhex("1202fffe")  # user_id (field 2) = ff fe
+    stream = [event(0).SerializeToString(), not_utf8, event(1).SerializeToString()]
+    response = raw(iter(stream), timeout=15)
+    assert (response.accepted, response.rejected) == (2, 1)
+    (rejection,) = response.rejections
+    assert rejection.index == 1 and "not a valid Event" in rejection.reason
+
+
 def test_an_event_type_of_a_newer_api_version_is_a_rejection(service: Running) -> None:
     response = service.stub.RecordEvents(iter([event(0, type=99)]), timeout=15)
     assert (response.accepted, response.rejected) == (0, 1)

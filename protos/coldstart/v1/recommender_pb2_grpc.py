@@ -63,7 +63,8 @@ class RecommenderServicer:
         """Top-k items for a user. An unknown user is not an error: it is the cold
         path, answered from the meta-learned initialisation (conditioned on
         `features` when given). Bad input (k out of range, an empty or oversized
-        id) is INVALID_ARGUMENT with a message saying what is wrong. When the
+        id, a message that is not valid protobuf such as a string that is not
+        UTF-8) is INVALID_ARGUMENT with a message saying what is wrong. When the
         user-state store is unreachable the answer still comes, from the
         initialisation, with `state = DEGRADED`.
         """
@@ -74,8 +75,8 @@ class RecommenderServicer:
     def RecordEvents(self, request_iterator, context):
         """Client-streaming ingestion: validates each event and produces the valid
         ones to the events topic, where the consumer applies them to user state.
-        Invalid events are counted and explained in the response; they do not
-        abort the stream. A replica keeps a few streams open at once (half its
+        Invalid events, one that is not valid protobuf included, are counted and
+        explained in the response; they do not abort the stream. A replica keeps a few streams open at once (half its
         grpc_workers) and caps the events of one (max_stream_events):
         beyond either the call is RESOURCE_EXHAUSTED, with a message that says
         which. A broker that cannot be reached is UNAVAILABLE.
