@@ -62,8 +62,8 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024  # largest gRPC message in either direction
     max_stream_events: int = 10_000  # events one RecordEvents stream may carry
     poll_batch_size: int = 500  # records per consumer poll: the adaptation micro-batch
-    grace_s: float = 5.0  # on SIGTERM, time in-flight RPCs get before they are cancelled
-    redis_timeout_s: float = 0.25  # Redis socket timeout: past it, Recommend answers DEGRADED
+    grace_s: float = 5.0  # on SIGTERM, time in-flight RPCs get before they are cancelled (<= 3600)
+    redis_timeout_s: float = 0.25  # Redis socket timeout (<= 60): past it, Recommend is DEGRADED
     redis_username: str | None = None  # Redis ACL user (Redis 6+); None: the default user
     redis_password: str | None = None  # Redis password (secret); overrides one in the URL
     redis_tls_ca: Path | None = None  # CA bundle that signed the Redis server's certificate
@@ -76,7 +76,7 @@ class Settings:
     grpc_tls_cert: Path | None = None  # PEM server certificate (chain); with the key: TLS on
     grpc_tls_key: Path | None = None  # PEM private key of grpc_tls_cert
     grpc_tls_client_ca: Path | None = None  # PEM CA: clients must present a cert it signed
-    model_reload_s: float = 30.0  # how often to look for a new model in --model; 0: never
+    model_reload_s: float = 30.0  # how often (<= 86400) to look for a new model; 0: never
 
     def describe(self) -> dict[str, Any]:
         """The settings as they may be logged: a Redis password is masked."""
@@ -213,6 +213,11 @@ def _convert(spec: _Spec, raw: Any) -> Any:
     return text
 
 
+# Durations: (setting, least, most); model_reload_s 0 turns reloading off.
+SECONDS = (("grace_s", 0.001, 3600.0), ("redis_timeout_s", 0.001, 60.0))
+SECONDS += (("model_reload_s", 0.0, 86400.0),)
+
+
 def validate(settings: Settings) -> list[str]:
     """Every problem with `settings`, one line each naming the setting; empty when valid."""
     by_name = {spec.name: spec for spec in SPECS}
@@ -242,13 +247,11 @@ def validate(settings: Settings) -> list[str]:
     ):
         if getattr(settings, name) < low:
             problems.append((name, f"{getattr(settings, name)} is below the minimum {low}"))
-    for name in ("grace_s", "redis_timeout_s"):
-        if not getattr(settings, name) > 0:
-            problems.append(
-                (name, f"{getattr(settings, name)} must be a positive number of seconds")
-            )
-    if settings.model_reload_s < 0:
-        problems.append(("model_reload_s", f"{settings.model_reload_s} is negative"))
+    for name, low, high in SECONDS:
+        value = getattr(settings, name)
+        # NaN fails the comparison too; inf or a huge value overflows socket and thread waits.
+        if not low <= value <= high:
+            problems.append((name, f"{value} is not a number of seconds from {low} to {high}"))
     problems += _security_problems(settings)
     return [f"{by_name[name].label}: {why}" for name, why in problems]
 

@@ -86,7 +86,11 @@ def test_an_empty_variable_counts_as_unset(model_dir: Path) -> None:
         (["--kafka-bootstrap", "a:9092,"], {}, "not a comma-separated list of host:port"),
         (["--topic", "bad topic!"], {}, "--topic / COLDSTART_TOPIC: 'bad topic!' must be"),
         (["--history-limit", "0"], {}, "COLDSTART_HISTORY_LIMIT: 0 is below the minimum 1"),
-        (["--grace-s", "0"], {}, "COLDSTART_GRACE_S: 0.0 must be a positive number of seconds"),
+        (["--grace-s", "0"], {}, "COLDSTART_GRACE_S: 0.0 is not a number of seconds from 0.001"),
+        (["--grace-s", "inf"], {}, "COLDSTART_GRACE_S: inf is not a number of seconds"),
+        (["--redis-timeout-s", "1e300"], {}, "1e+300 is not a number of seconds from 0.001 to 60"),
+        ([], {"COLDSTART_MODEL_RELOAD_S": "nan"}, "COLDSTART_MODEL_RELOAD_S: nan is not a number"),
+        (["--model-reload-s", "-1"], {}, "-1.0 is not a number of seconds from 0.0 to 86400.0"),
         (["--grpc-workers", "1"], {}, "COLDSTART_GRPC_WORKERS: 1 is below the minimum 2"),
     ],
 )
