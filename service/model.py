@@ -29,6 +29,13 @@ class UnknownFeatureError(ColdstartError):
     """A request named a side feature the model does not know."""
 
 
+NAMED_FEATURES = 5  # unknown feature names an error message lists
+
+
+def _shortened(name: str, limit: int = 40) -> str:
+    return name if len(name) <= limit else f"{name[:limit]}..."
+
+
 # Stored history parts whose interaction each model keeps: parts repeat (a catalogue's items
 # times a few ratings), and the cache is bounded since ratings are arbitrary floats.
 PART_CACHE = 2**16
@@ -76,8 +83,16 @@ class ServingModel:
         """An unknown feature name is an error (an unknown value is not: it is code 0)."""
         unknown = sorted(set(features) - set(self.feature_names))
         if unknown:
+            # The message is the status detail, which gRPC refuses past 16 KiB (the client
+            # would see RESOURCE_EXHAUSTED): a few names, each cut short, and a count.
+            named = ", ".join(_shortened(name) for name in unknown[:NAMED_FEATURES])
+            more = (
+                f" and {len(unknown) - NAMED_FEATURES} more"
+                if len(unknown) > NAMED_FEATURES
+                else ""
+            )
             raise UnknownFeatureError(
-                f"unknown feature {', '.join(unknown)}; this model knows "
+                f"unknown feature {named}{more}; this model knows "
                 f"{', '.join(self.feature_names) or 'none'}"
             )
 

@@ -288,6 +288,10 @@ def test_an_unreadable_stored_state_answers_degraded_from_the_prior(
             "candidate_item_ids has 10001 ids, more than the limit of 10000",
         ),
         ({"user_id": "u", "k": 5, "features": {"shoe_size": "9"}}, "unknown feature shoe_size"),
+        (  # a detail this long would be over gRPC's 16 KiB limit: RESOURCE_EXHAUSTED instead
+            {"user_id": "u", "k": 5, "features": {f"f{n:03d}" + "x" * 96: "1" for n in range(200)}},
+            f"f004{'x' * 36}... and 195 more; this model knows",
+        ),
     ],
 )
 def test_bad_requests_are_invalid_argument_with_a_message(
@@ -297,6 +301,7 @@ def test_bad_requests_are_invalid_argument_with_a_message(
         recommend(service, **fields)
     assert raised.value.code() == Code.INVALID_ARGUMENT
     assert message in raised.value.details()
+    assert len(raised.value.details()) < 1024
 
 
 def test_get_user_state_summarises_stored_and_unknown_users(
