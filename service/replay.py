@@ -22,9 +22,14 @@ from kafka import KafkaProducer
 from service.events import Event
 from service.store import now_ms
 from trainer.data import Dataset, load_dataset
+from trainer.errors import ColdstartError
 from trainer.split import protocol_order, split_users
 
 logger = logging.getLogger(__name__)
+
+
+class ReplayError(ColdstartError):
+    """Some events were not acknowledged by the broker."""
 
 
 @dataclass(frozen=True)
@@ -53,15 +58,22 @@ def replay(
     data = load_dataset(data_dir)
     chosen, order = replay_order(data, seed, users)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    failures: list[Exception] = []  # filled on the producer's thread as sends fail
     started = time.perf_counter()
     try:
         for n, (user, position, item, rating) in enumerate(order):
             _pace(started, n, rate)
             event = _event(data, seed, user, position, item, rating)
-            producer.send(topic, key=event.user_id.encode(), value=event.to_json())
-        producer.flush()
+            sent = producer.send(topic, key=event.user_id.encode(), value=event.to_json())
+            sent.add_errback(failures.append)
+        producer.flush()  # returns when every send is acknowledged or has failed
     finally:
         producer.close()
+    if failures:
+        raise ReplayError(
+            f"the broker did not take {len(failures)} of {len(order)} events "
+            f"(first: {failures[0]}); {topic} holds a partial replay"
+        )
     result = ReplayResult(len(chosen), len(order), time.perf_counter() - started)
     logger.info(
         "replayed %s events of %s test users to %s in %.1f s",
