@@ -49,20 +49,6 @@ from trainer import artifact
 logger = logging.getLogger(__name__)
 
 
-class CountingConsumer(EventConsumer):
-    """The stream's consumer, also counting the records each poll returns (its observer
-    interface has no hook for that yet)."""
-
-    def __init__(self, *args: object, metrics: Metrics, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.metrics = metrics
-
-    def step(self) -> int:
-        polled = super().step()
-        self.metrics.on_consumed(polled)
-        return polled
-
-
 def quiet_kafka() -> None:
     """kafka-python 3 logs every connection step at INFO, and warns whenever one of its own
     I/O tasks runs past 0.1 s, which a busy 2-core machine makes routine."""
@@ -239,9 +225,7 @@ class Service:
             max_records=s.poll_batch_size,
             client_options=kafka_options(s),
         )
-        self.consumer = CountingConsumer(
-            self.model, self._store(client), config, self.metrics, metrics=self.metrics
-        )
+        self.consumer = EventConsumer(self.model, self._store(client), config, self.metrics)
         self._consumer_thread = threading.Thread(target=self._consume, name="consumer", daemon=True)
         self._consumer_thread.start()
 

@@ -112,7 +112,8 @@ class Metrics:
         )
         self.events_consumed = Counter(
             "coldstart_events_consumed",
-            "Records polled from the events topic by the consumer.",
+            "Records of the events topic the consumer is done with (applied, dead-lettered "
+            "or skipped as replays), each once however often its batch was retried.",
             registry=r,
         )
         self.events_applied = Counter(

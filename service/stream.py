@@ -75,6 +75,10 @@ MAX_KEY_BYTES = 4 * MAX_ID_CHARS  # a user id's UTF-8 bytes at most: the key a l
 class StreamObserver(Protocol):
     """What the consumer reports; `service.metrics` implements it for Prometheus."""
 
+    def on_consumed(self, n: int) -> None:
+        """A batch of `n` records is done (applied, dead-lettered or skipped) and committed;
+        a batch that is retried is counted once, when it is done."""
+
     def on_batch(self, size: int, seconds: float) -> None:
         """One batched adaptation: `size` users re-adapted in `seconds`."""
 
@@ -105,6 +109,9 @@ class StreamObserver(Protocol):
 
 class NoopObserver:
     """The default observer: reports nothing."""
+
+    def on_consumed(self, n: int) -> None:
+        pass
 
     def on_batch(self, size: int, seconds: float) -> None:
         pass
@@ -492,6 +499,7 @@ class EventConsumer:
         self._backoff_s = 0.0
         self._commit(_next_offsets(records))
         self._dead_lettered.clear()
+        self.observer.on_consumed(len(records))
 
     def _apply(self, valid: list[SourcedEvent], records: Sequence[ConsumerRecord]) -> None:
         """Applies the events. A user whose stored state cannot be read would fail every

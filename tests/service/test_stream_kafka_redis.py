@@ -56,6 +56,9 @@ class Recorder(NoopObserver):
         self.counts: Counter[str] = Counter()
         self.dead: Counter[str] = Counter()
 
+    def on_consumed(self, n: int) -> None:
+        self.counts["consumed"] += n
+
     def on_event_applied(self, n: int) -> None:
         self.counts["applied"] += n
 
@@ -328,6 +331,7 @@ def test_redis_down_holds_offsets_and_nothing_is_lost_when_it_returns(
             server = start_redis()  # an empty Redis: the lost user comes back from new events
             eventually(lambda: observer.counts["applied"] == 11, 30, "backlog applied")
         assert committed_everything(stack, topic, "outage")
+        assert observer.counts["consumed"] == 11  # each record once, however often retried
         states = UserStore.from_url(url).get_many(["during0", "during1", "during2"])
         assert sorted(len(r.history) for r in states.values()) == [3, 3, 4]
     finally:
