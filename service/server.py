@@ -282,8 +282,8 @@ class Ingestor:
                 check_item(event, self.item_index)
             except InvalidEvent as error:
                 self.metrics.on_rejected(error.reason)
-                known = {} if isinstance(document, InvalidEvent) else document
-                result.reject(index, str(known.get("event_id", ""))[:MAX_ID_CHARS], str(error))
+                event_id = "" if document is error else str(document.get("event_id", ""))
+                result.reject(index, event_id[:MAX_ID_CHARS], str(error))
                 continue
             pending.append((index, event.event_id, self.sink.send(event)))
         self._settle(pending, result)
