@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The quality benchmark: every method on ml-100k (time order) and ml-1m (seeded order),
 # 3 seeds each, then the MeLU protocol on ml-1m. Writes benchmarks/eval/<name>/results.*.
-# About 20 minutes on a 2-core CPU (ml-100k 1.5, ml-1m 12, MeLU protocol 4); DATA defaults
-# to ../shared/data.
+# 20 to 50 minutes on a 2-core CPU, with its load (twelfth session: ml-100k 2, ml-1m 28,
+# MeLU protocol 20, beside other work). DATA defaults to ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${DATA:-../shared/data}
