@@ -275,19 +275,22 @@ class Ingestor:
                     f"{self.max_events} were processed ({result.accepted} accepted, "
                     f"{result.rejected} rejected): send the rest in a new stream"
                 )
+            if isinstance(document, InvalidEvent):  # not even readable: no event id to name
+                self._reject(result, index, "", document)
+                continue
             try:
-                if isinstance(document, InvalidEvent):
-                    raise document
                 event = event_from_mapping(document)
                 check_item(event, self.item_index)
             except InvalidEvent as error:
-                self.metrics.on_rejected(error.reason)
-                event_id = "" if document is error else str(document.get("event_id", ""))
-                result.reject(index, event_id[:MAX_ID_CHARS], str(error))
+                self._reject(result, index, str(document.get("event_id", "")), error)
                 continue
             pending.append((index, event.event_id, self.sink.send(event)))
         self._settle(pending, result)
         return result
+
+    def _reject(self, result: IngestResult, index: int, event_id: str, error: InvalidEvent) -> None:
+        self.metrics.on_rejected(error.reason)
+        result.reject(index, event_id[:MAX_ID_CHARS], str(error))
 
     def _settle(
         self, pending: list[tuple[int, str, Callable[[], None]]], result: IngestResult
@@ -428,6 +431,8 @@ def _add_servicer(servicer: RecommenderServicer, server: grpc.Server) -> None:
     service = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"]
     handlers = {}
     for method in service.methods:
+        if method.server_streaming:  # none yet; each kind of method needs its own handler
+            raise TypeError(f"{method.name}: a server-streaming method needs a handler here")
         kind = grpc.unary_unary_rpc_method_handler
         if method.client_streaming:
             kind = grpc.stream_unary_rpc_method_handler

@@ -62,8 +62,8 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024  # largest gRPC message in either direction
     max_stream_events: int = 10_000  # events one RecordEvents stream may carry
     poll_batch_size: int = 500  # records per consumer poll: the adaptation micro-batch
-    grace_s: float = 5.0  # on SIGTERM, time in-flight RPCs get before they are cancelled (<= 3600)
-    redis_timeout_s: float = 0.25  # Redis socket timeout (<= 60): past it, Recommend is DEGRADED
+    grace_s: float = 5.0  # on SIGTERM, time in-flight RPCs get before they are cancelled
+    redis_timeout_s: float = 0.25  # Redis socket timeout: past it, Recommend answers DEGRADED
     redis_username: str | None = None  # Redis ACL user (Redis 6+); None: the default user
     redis_password: str | None = None  # Redis password (secret); overrides one in the URL
     redis_tls_ca: Path | None = None  # CA bundle that signed the Redis server's certificate
@@ -76,7 +76,7 @@ class Settings:
     grpc_tls_cert: Path | None = None  # PEM server certificate (chain); with the key: TLS on
     grpc_tls_key: Path | None = None  # PEM private key of grpc_tls_cert
     grpc_tls_client_ca: Path | None = None  # PEM CA: clients must present a cert it signed
-    model_reload_s: float = 30.0  # how often (<= 86400) to look for a new model; 0: never
+    model_reload_s: float = 30.0  # how often to look for a new model in --model; 0: never
 
     def describe(self) -> dict[str, Any]:
         """The settings as they may be logged: a Redis password is masked."""
@@ -214,8 +214,11 @@ def _convert(spec: _Spec, raw: Any) -> Any:
 
 
 # Durations: (setting, least, most); model_reload_s 0 turns reloading off.
-SECONDS = (("grace_s", 0.001, 3600.0), ("redis_timeout_s", 0.001, 60.0))
-SECONDS += (("model_reload_s", 0.0, 86400.0),)
+SECONDS = (
+    ("grace_s", 0.001, 3600.0),
+    ("redis_timeout_s", 0.001, 60.0),
+    ("model_reload_s", 0.0, 86400.0),
+)
 
 
 def validate(settings: Settings) -> list[str]:

@@ -177,9 +177,9 @@ def decode_record(user_id: str, fields: Mapping[bytes, bytes]) -> UserRecord:
 
 
 def _whole_number(raw: bytes) -> int:
-    """ASCII digits only: what this store writes, and what the script's tonumber() reads. Python's
-    int() also takes '1_0' and other scripts' digits, which the script cannot compare: the
-    user's writes would then fail as a Redis error, and their batch retry forever."""
+    """ASCII digits only: what this store writes. Python's int() also takes '1_0' and other
+    scripts' digits, which the script's tonumber() cannot read: every write of the user
+    would then fail as a Redis error, and their batch retry forever."""
     if not raw.isdigit():  # bytes.isdigit() is ASCII-only
         raise ValueError(f"{raw!r} is not a whole number")
     return int(raw)

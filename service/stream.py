@@ -76,8 +76,8 @@ class StreamObserver(Protocol):
     """What the consumer reports; `service.metrics` implements it for Prometheus."""
 
     def on_consumed(self, n: int) -> None:
-        """A batch of `n` records is done (applied, dead-lettered or skipped) and committed;
-        a batch that is retried is counted once, when it is done."""
+        """A batch of `n` records is done (applied, dead-lettered or skipped) and its commit
+        attempted; a batch that is retried is counted once, when it is done."""
 
     def on_batch(self, size: int, seconds: float) -> None:
         """One batched adaptation: `size` users re-adapted in `seconds`."""
@@ -337,7 +337,7 @@ def _listening(bootstrap: str, timeout_s: float) -> bool:
 def applied_offset(marks: Mapping[Source, int], source: Source) -> int:
     """The last offset applied from `source`, -1 if none. A mark written before marks named
     their topic counts for every topic, as it did then, until the user's next write from
-    that partition replaces it: a rolling upgrade re-applies nothing."""
+    that partition replaces it: the upgrade re-applies nothing (README, Scale out)."""
     legacy = marks.get((LEGACY_TOPIC, source[1]), -1)
     return max(marks.get(source, -1), legacy)
 
@@ -584,8 +584,10 @@ class EventConsumer:
         assert self._producer is not None, "connect() first"
         value, key = record.value or b"", record.key
         if truncated:
-            headers = [*headers, ("truncated_from", str(len(value)).encode())]
-            value = value[:MAX_PAYLOAD_BYTES]
+            headers = list(headers)
+            if len(value) > MAX_PAYLOAD_BYTES:
+                headers.append(("truncated_from", str(len(value)).encode()))
+                value = value[:MAX_PAYLOAD_BYTES]
             if key is not None and len(key) > MAX_KEY_BYTES:
                 headers.append(("key_truncated_from", str(len(key)).encode()))
                 key = key[:MAX_KEY_BYTES]

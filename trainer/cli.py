@@ -82,15 +82,16 @@ def _support_sizes(text: str) -> list[int]:
 
 
 def _refuse_file(path: Path) -> None:
-    """Checked before anything else: a mistyped --out is the most common bad argument."""
+    """Checked before the data is read: it costs nothing, and with several bad arguments
+    the one-line error then names --out."""
     if path.exists() and not path.is_dir():
         raise ColdstartError(f"--out {path} is a file; give a directory")
 
 
 def _out_dir(path: Path) -> None:
-    """Create --out once the input is checked and before the long work: a bad --out then
-    fails in one line before minutes of training, and bad input leaves no empty directory."""
-    _refuse_file(path)
+    """Create --out (already _refuse_file'd) once the input is checked and before the long
+    work: a bad --out then fails in one line before minutes of training, and bad input
+    leaves no empty directory."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -128,6 +129,7 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
+    _refuse_file(args.out)
     if args.users < 1 or args.items < 1:
         raise ColdstartError(f"--users and --items must be >= 1, got {args.users} and {args.items}")
     if args.users * args.items > MAX_SYNTH_CELLS:

@@ -120,9 +120,8 @@ def query_loss(model: ColdStartModel, users: torch.Tensor, query: Query) -> torc
     user's other query items in every denominator: it asks for equal mass on all of them,
     and pushes down a popular query item that belongs at the top. The ranking metrics only
     ask that each query item outrank the untouched ones (sampled softmax drops such
-    'accidental hits' for the same reason). On ml-1m's validation users (seed 0) this
-    lifted the margin over mf_finetune at k = 3 / 5 / 10 from +3.2 / +2.7 / +2.4% to +4.9
-    / +4.0 / +3.9%."""
+    'accidental hits' for the same reason). It measured better at every k >= 3 on both
+    MovieLens sets (benchmarks/RESULTS.md, twelfth session)."""
     tables = model.item_tables()
     logits = scores(users, tables)  # (B, I)
     touched = query.hidden | (query.weights > 0)

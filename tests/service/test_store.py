@@ -171,7 +171,7 @@ def test_an_unreadable_record_is_a_clear_error(store: UserStore) -> None:
     assert raised.value.user_id == "broken"
 
 
-@pytest.mark.parametrize("version", ["1_0", "\uff11", " 1", "-1"])
+@pytest.mark.parametrize("version", ["1_0", "\uff11"])
 def test_a_state_version_the_write_script_cannot_compare_is_unreadable(
     store: UserStore, version: str
 ) -> None:

@@ -76,10 +76,11 @@ class RecommenderServicer:
         """Client-streaming ingestion: validates each event and produces the valid
         ones to the events topic, where the consumer applies them to user state.
         Invalid events, one that is not valid protobuf included, are counted and
-        explained in the response; they do not abort the stream. A replica keeps a few streams open at once (half its
-        grpc_workers) and caps the events of one (max_stream_events):
-        beyond either the call is RESOURCE_EXHAUSTED, with a message that says
-        which. A broker that cannot be reached is UNAVAILABLE.
+        explained in the response; they do not abort the stream. A replica keeps
+        a few streams open at once (half its grpc_workers) and caps the events of
+        one (max_stream_events): beyond either the call is RESOURCE_EXHAUSTED,
+        with a message that says which. A broker that cannot be reached is
+        UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
