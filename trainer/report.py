@@ -21,8 +21,13 @@ def _cell(row: dict, metric: str, spread: bool) -> str:
     return f"{value:.4f}"
 
 
+def _several_seeds(results: dict) -> bool:
+    """Whether the numbers are means over seeds, with a spread to show."""
+    return len(results["seeds"]) > 1
+
+
 def _table(results: dict, metric: str) -> list[str]:
-    methods, spread = results["methods"], len(results["seeds"]) > 1
+    methods, spread = results["methods"], _several_seeds(results)
     keys = list(next(iter(methods.values())))
     lines = [f"| {metric} | " + " | ".join(f"k={k}" for k in keys) + " |"]
     lines.append("|---" * (len(keys) + 1) + "|")
@@ -50,7 +55,7 @@ def write_markdown(results: dict, path: Path) -> None:
     present = next(iter(next(iter(results["methods"].values())).values()))
     # Each seed is its own split, so each has its own number of test users.
     counts = " / ".join(str(run["n_test_users"]) for run in results["per_seed"])
-    spread = " (± standard deviation over seeds)" if len(results["seeds"]) > 1 else ""
+    spread = " (± standard deviation over seeds)" if _several_seeds(results) else ""
     lines = [
         f"# {results['dataset']}: {results['protocol']['name']} protocol",
         "",
