@@ -45,8 +45,10 @@ BAD_TS = "bad_ts"
 UNKNOWN_ITEM = "unknown_item"
 UNREADABLE_STATE = "unreadable_state"  # a valid event whose user's stored state cannot be read
 UNDECODABLE = "undecodable"  # a gRPC Event that is not valid protobuf (a string not UTF-8)
+KEY_MISMATCH = "key_mismatch"  # a Kafka record whose key is not its event's user_id
 REASONS = (EMPTY, TOO_LARGE, BAD_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, BAD_ID)
 REASONS += (UNKNOWN_TYPE, BAD_VALUE, BAD_TS, UNKNOWN_ITEM, UNREADABLE_STATE, UNDECODABLE)
+REASONS += (KEY_MISMATCH,)
 
 
 class InvalidEvent(ColdstartError):
@@ -124,6 +126,20 @@ def check_item(event: Event, item_index: Mapping[str, int]) -> int:
     if index is None:
         raise InvalidEvent(UNKNOWN_ITEM, f"item {event.item_id[:64]!r} is not in the catalogue")
     return index
+
+
+def check_key(event: Event, key: bytes | None) -> None:
+    """InvalidEvent unless the record is keyed by its user_id. The key picks the partition,
+    and one user's events are in order only on one partition: a record keyed otherwise (or
+    not at all) may be applied before the user's earlier events, so it is refused, with the
+    producer's mistake named, rather than applied out of order without a trace."""
+    if key != event.user_id.encode():
+        shown = "no key" if key is None else f"key {key[:64]!r}"
+        raise InvalidEvent(
+            KEY_MISMATCH,
+            f"record has {shown}, not its user_id {event.user_id[:64]!r}: events must be "
+            "keyed by user_id so that one user's events stay in order on one partition",
+        )
 
 
 def _json_type(value: object) -> str:

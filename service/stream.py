@@ -51,6 +51,7 @@ from service.events import (
     Event,
     InvalidEvent,
     check_item,
+    check_key,
     parse_event,
 )
 from service.history import History, HistoryEntry, HistoryError, Interaction
@@ -545,6 +546,7 @@ class EventConsumer:
         for record in records:
             try:
                 event = parse_event(record.value)
+                check_key(event, record.key)
                 check_item(event, self.item_index)
             except InvalidEvent as invalid:
                 self._dead_letter(record, invalid)

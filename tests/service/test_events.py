@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service import events
-from service.events import Event, InvalidEvent, check_item, event_from_mapping, parse_event
+from service.events import (
+    Event,
+    InvalidEvent,
+    check_item,
+    check_key,
+    event_from_mapping,
+    parse_event,
+)
 
 GOOD = {
     "event_id": "e1",
@@ -153,6 +160,15 @@ def test_check_item_maps_known_items_and_refuses_unknown_ones() -> None:
     assert caught.value.reason == events.UNKNOWN_ITEM
 
 
+def test_check_key_accepts_the_user_id_and_refuses_any_other_key_or_none() -> None:
+    event = parse_event(encoded(user_id="ü1"))
+    check_key(event, "ü1".encode())
+    for key, shown in ((b"u2", "key b'u2'"), (None, "no key"), (b"", "key b''")):
+        with pytest.raises(InvalidEvent, match=f"record has {shown}, not its user_id") as caught:
+            check_key(event, key)
+        assert caught.value.reason == events.KEY_MISMATCH
+
+
 def test_reason_codes_are_a_small_fixed_set() -> None:
-    assert len(set(events.REASONS)) == len(events.REASONS) == 13
+    assert len(set(events.REASONS)) == len(events.REASONS) == 14
     assert all(code.isidentifier() for code in events.REASONS)

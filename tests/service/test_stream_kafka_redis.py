@@ -175,12 +175,16 @@ def test_events_reach_redis_invalid_ones_are_dead_lettered_and_a_replay_changes_
 
     users = [f"user{n}" for n in range(6)] + ["old"]
     sent: dict[str, list[Event]] = {user: [] for user in users}
-    malformed = {
-        "bad_json": b'{"event_id": "x", ',
-        "missing_field": json.dumps({"event_id": "x", "user_id": "user0"}).encode(),
-        "wrong_type": event("user0", 99, "i3").to_json().replace(b'"value":1.0', b'"value":"1"'),
-        "unknown_item": event("user1", 99, "no-such-item").to_json(),
-        "payload_too_large": b'{"pad": "' + b"x" * ONE_MB + b'"}',
+    malformed = {  # reason: (record key, record value)
+        "bad_json": ("user0", b'{"event_id": "x", '),
+        "missing_field": ("user0", json.dumps({"event_id": "x", "user_id": "user0"}).encode()),
+        "wrong_type": (
+            "user0",
+            event("user0", 99, "i3").to_json().replace(b'"value":1.0', b'"value":"1"'),
+        ),
+        "unknown_item": ("user1", event("user1", 99, "no-such-item").to_json()),
+        "payload_too_large": ("user2", b'{"pad": "' + b"x" * ONE_MB + b'"}'),
+        "key_mismatch": ("user3", event("user2", 99, "i3").to_json()),
     }
     for round_ in range(4):
         for u, user in enumerate(users):
@@ -188,8 +192,8 @@ def test_events_reach_redis_invalid_ones_are_dead_lettered_and_a_replay_changes_
             sent[user].append(sourced)
             send(producer, topic, user, sourced.to_json())
         if round_ == 1:  # the bad records sit between good ones: the loop must go on
-            for n, value in enumerate(malformed.values()):
-                send(producer, topic, users[n], value)
+            for key, value in malformed.values():
+                send(producer, topic, key, value)
 
     observer = Recorder()
     consumer = consumer_for(model, stack.redis_url, stack, topic, "main", observer)
@@ -215,9 +219,10 @@ def test_events_reach_redis_invalid_ones_are_dead_lettered_and_a_replay_changes_
     letters = dead_letters(stack, f"{topic}.dlq", len(malformed))
     by_reason = {dict(r.headers)["reason"].decode(): r for r in letters}
     assert set(by_reason) == set(malformed)
-    for reason, value in malformed.items():
+    for reason, (key, value) in malformed.items():
         headers = dict(by_reason[reason].headers)
         assert by_reason[reason].value == value
+        assert by_reason[reason].key == key.encode()
         assert headers["detail"] and int(headers["source_offset"]) >= 0
         assert int(headers["source_partition"]) in range(PARTITIONS)
 
