@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import gc
 import weakref
+from pathlib import Path
+
+from tiny_model import write_tiny_model
 
 from service import heap
+from service.model import ServingModel
+from trainer import artifact
 
 
 class Node:
@@ -26,3 +31,21 @@ def test_settle_collects_cycles_then_freezes_what_is_left() -> None:
     finally:
         gc.unfreeze()
     assert any(obj is kept for obj in gc.get_objects())
+
+
+def test_a_dropped_model_is_freed_without_the_collector(tmp_path: Path) -> None:
+    """A model swap settles the heap while the consumer may still hold the old model until
+    its next batch, so the old model can end up frozen. That is harmless only if nothing of
+    it sits in a reference cycle: reference counting alone must free it."""
+    model_dir = write_tiny_model(tmp_path)
+    ServingModel(artifact.load(model_dir))  # torch's first meta-device build leaves a cycle
+    gc.collect()
+    gc.disable()
+    try:
+        model = ServingModel(artifact.load(model_dir))
+        parts = [model, model._model, model.tables.vectors, model.tables.rating_vectors]
+        refs = [weakref.ref(part) for part in parts]
+        del model, parts
+        assert [ref() for ref in refs] == [None] * len(refs)
+    finally:
+        gc.enable()
