@@ -71,7 +71,7 @@ _Columns = tuple[list[str], list[str], list[str] | None, list[str] | None]
 class _Table:
     """The rows of one text file, kept with where they came from so later checks name the line."""
 
-    file: str  # the file's name, as messages show it
+    file: str  # the file's path, as messages show it
     rows: list[list[str]]  # fields of each data line (header excluded)
     first_line: int  # 1-based line number of rows[0]
     header: list[str] = field(default_factory=list)  # column names, for files that have them
@@ -118,25 +118,25 @@ def _read_table(path: Path, sep: str, encoding: str, n_fields: int | None = None
         text = raw.decode(encoding)
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path.name} line {line}: not valid UTF-8") from None
+        raise DataError(f"{path} line {line}: not valid UTF-8") from None
     text = text.replace("\r\n", "\n")
     if "\r" in text:  # a line break to some readers and part of a field to others
         line = text.count("\n", 0, text.index("\r")) + 1
-        raise DataError(f"{path.name} line {line}: a carriage return inside a line")
+        raise DataError(f"{path} line {line}: a carriage return inside a line")
     # str.splitlines would also break at \x85 and \x1c, which are characters in ISO-8859-1.
     lines = text.rstrip("\n").split("\n") if text.strip() else []
     with _no_gc():
-        rows = _csv_rows(lines, path.name) if sep == "," else [line.split(sep) for line in lines]
+        rows = _csv_rows(lines, str(path)) if sep == "," else [line.split(sep) for line in lines]
     header: list[str] = []
     if n_fields is None:
         if not rows:
-            raise DataError(f"{path.name}: empty file, expected a header line")
+            raise DataError(f"{path}: empty file, expected a header line")
         header = [name.strip() for name in rows.pop(0)]
         n_fields = len(header)
         repeated = next((name for i, name in enumerate(header) if name in header[:i]), None)
         if repeated is not None:
-            raise DataError(f"{path.name} line 1: column {repeated!r} appears twice in the header")
-    table = _Table(path.name, rows, 2 if header else 1, header)
+            raise DataError(f"{path} line 1: column {repeated!r} appears twice in the header")
+    table = _Table(str(path), rows, 2 if header else 1, header)
     if not set(map(len, rows)) <= {n_fields}:
         bad = next(i for i, r in enumerate(rows) if len(r) != n_fields)
         kind = _SEPARATOR_NAMES[sep]
@@ -209,7 +209,7 @@ def _side_table(path: Path, sep: str, encoding: str, n_fields: int | None = None
     missing interactions file is, rather than features silently all unknown."""
     table = _read_table(path, sep, encoding, n_fields)
     if not table.rows:
-        raise DataError(f"{path.name}: no data lines")
+        raise DataError(f"{path}: no data lines")
     return table
 
 

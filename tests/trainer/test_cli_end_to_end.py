@@ -58,7 +58,7 @@ def test_malformed_data_is_one_line_with_exit_code_2(tmp_path: Path, capsys) -> 
     code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m")])
     error = capsys.readouterr().err.strip()
     assert code == 2
-    assert error.startswith("coldstart: error: interactions.csv line 2")
+    assert error.startswith(f"coldstart: error: {tmp_path / 'interactions.csv'} line 2")
     assert "\n" not in error
     assert not (tmp_path / "m").exists()  # bad input leaves no empty --out behind
 
