@@ -144,18 +144,18 @@ def _read_table(path: Path, sep: str, encoding: str, n_fields: int | None = None
     return table
 
 
-def _csv_rows(lines: list[str], name: str) -> list[list[str]]:
+def _csv_rows(lines: list[str], file: str) -> list[list[str]]:
     """One csv row per line, with quoting. A quoted field may not run past its line: an
     unclosed quote would otherwise swallow the rest of the file into one field."""
     reader = csv.reader(lines)
     try:
         rows = list(reader)
     except csv.Error as error:
-        raise DataError(f"{name} line {reader.line_num}: {error}") from None
+        raise DataError(f"{file} line {reader.line_num}: {error}") from None
     if len(rows) != len(lines):  # only on failure: find the line, in a slower Python loop
         reader = csv.reader(lines)
         line = next(i for i, _ in enumerate(reader, 1) if reader.line_num != i)
-        raise DataError(f"{name} line {line}: a quoted field runs past the end of the line")
+        raise DataError(f"{file} line {line}: a quoted field runs past the end of the line")
     return rows
 
 
