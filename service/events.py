@@ -129,12 +129,15 @@ def check_item(event: Event, item_index: Mapping[str, int]) -> int:
 
 
 def check_key(event: Event, key: bytes | None) -> None:
-    """InvalidEvent unless the record is keyed by its user_id. The key picks the partition,
-    and one user's events are in order only on one partition: a record keyed otherwise (or
-    not at all) may be applied before the user's earlier events, so it is refused, with the
-    producer's mistake named, rather than applied out of order without a trace."""
+    """InvalidEvent unless the record is keyed by its user_id. The key picks the partition
+    (with the same partitioner in every producer: README), and one user's events are in
+    order only on one partition: a record keyed otherwise (or not at all) may be applied
+    before the user's earlier events, so it is refused, with the producer's mistake named,
+    rather than applied out of order without a trace."""
     if key != event.user_id.encode():
         shown = "no key" if key is None else f"key {key[:64]!r}"
+        if key is not None and len(key) > 64:
+            shown += f" (first 64 of {len(key)} bytes)"
         raise InvalidEvent(
             KEY_MISMATCH,
             f"record has {shown}, not its user_id {event.user_id[:64]!r}: events must be "

@@ -125,8 +125,9 @@ def _read_table(path: Path, sep: str, encoding: str, n_fields: int | None = None
         raise DataError(f"{path} line {line}: a carriage return inside a line")
     # str.splitlines would also break at \x85 and \x1c, which are characters in ISO-8859-1.
     lines = text.rstrip("\n").split("\n") if text.strip() else []
+    file = str(path)
     with _no_gc():
-        rows = _csv_rows(lines, str(path)) if sep == "," else [line.split(sep) for line in lines]
+        rows = _csv_rows(lines, file) if sep == "," else [line.split(sep) for line in lines]
     header: list[str] = []
     if n_fields is None:
         if not rows:
@@ -136,7 +137,7 @@ def _read_table(path: Path, sep: str, encoding: str, n_fields: int | None = None
         repeated = next((name for i, name in enumerate(header) if name in header[:i]), None)
         if repeated is not None:
             raise DataError(f"{path} line 1: column {repeated!r} appears twice in the header")
-    table = _Table(str(path), rows, 2 if header else 1, header)
+    table = _Table(file, rows, 2 if header else 1, header)
     if not set(map(len, rows)) <= {n_fields}:
         bad = next(i for i, r in enumerate(rows) if len(r) != n_fields)
         kind = _SEPARATOR_NAMES[sep]

@@ -163,7 +163,13 @@ def test_check_item_maps_known_items_and_refuses_unknown_ones() -> None:
 def test_check_key_accepts_the_user_id_and_refuses_any_other_key_or_none() -> None:
     event = parse_event(encoded(user_id="ü1"))
     check_key(event, "ü1".encode())
-    for key, shown in ((b"u2", "key b'u2'"), (None, "no key"), (b"", "key b''")):
+    long = "key " + repr(b"k" * 64) + r" \(first 64 of 100 bytes\)"
+    for key, shown in (
+        (b"u2", "key b'u2'"),
+        (None, "no key"),
+        (b"", "key b''"),
+        (b"k" * 100, long),
+    ):
         with pytest.raises(InvalidEvent, match=f"record has {shown}, not its user_id") as caught:
             check_key(event, key)
         assert caught.value.reason == events.KEY_MISMATCH

@@ -43,6 +43,8 @@ def test_a_dropped_model_is_freed_without_the_collector(tmp_path: Path) -> None:
     gc.disable()
     try:
         model = ServingModel(artifact.load(model_dir))
+        vector = model.adapt([[(0, 4.0), (1, None)]])[0].numpy()  # used, as the service uses it
+        assert len(model.top_k(vector, 5, exclude=[0, 1])) == 5
         parts = [model, model._model, model.tables.vectors, model.tables.rating_vectors]
         refs = [weakref.ref(part) for part in parts]
         del model, parts

@@ -122,6 +122,39 @@ def test_tansu_serves_a_confluent_kafka_producer_and_consumer_group(
     assert_keyed_and_ordered([(p, e) for p, e in received if e["seq"] != RECORDS])
 
 
+def confluent_partitions(
+    bootstrap: str, topic: str, keys: list[str], partitioner: str
+) -> list[int]:
+    """The partition confluent-kafka (librdkafka) puts each key on with `partitioner`."""
+    placed: dict[str, int] = {}
+
+    def delivered(error: object, message: confluent_kafka.Message) -> None:
+        assert error is None, error
+        placed[message.key().decode()] = message.partition()
+
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": bootstrap, "partitioner": partitioner}
+    )
+    for key in keys:
+        producer.produce(topic, key=key.encode(), value=b"{}", on_delivery=delivered)
+    assert producer.flush(10) == 0
+    return [placed[key] for key in keys]
+
+
+def test_librdkafka_places_keys_as_kafka_python_only_with_murmur2(stack: LocalStack) -> None:
+    """What the README tells producers: librdkafka's default partitioner (CRC32) puts a user
+    on another partition than the service's kafka-python producer; murmur2_random does not."""
+    topic, keys = "partitioner.test", [f"user{n}" for n in range(16)]
+    assert create_topic(stack.kafka_bootstrap, topic, 8)
+    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    try:
+        ours = [producer.send(topic, key=k.encode(), value=b"{}").get(10).partition for k in keys]
+    finally:
+        producer.close()
+    assert confluent_partitions(stack.kafka_bootstrap, topic, keys, "murmur2_random") == ours
+    assert confluent_partitions(stack.kafka_bootstrap, topic, keys, "consistent_random") != ours
+
+
 def test_redis_server_answers_set_and_get(stack: LocalStack) -> None:
     client = redis.Redis.from_url(stack.redis_url)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +120,8 @@ def test_ml1m_ratings_csv_has_no_timestamps(tmp_path: Path) -> None:
 
 def test_ml1m_ratings_csv_ids_are_whole_numbers(tmp_path: Path) -> None:
     files = {"ratings.csv": "user_id,item_id,rating\n5,20,4\nu 6,20,3\n"}
-    with pytest.raises(
-        DataError, match=r"/ratings\.csv line 3: user id 'u 6' is not a whole number$"
-    ):
+    message = f"{tmp_path / 'ratings.csv'} line 3: user id 'u 6' is not a whole number"
+    with pytest.raises(DataError, match=f"^{re.escape(message)}$"):
         load_dataset(write(tmp_path, files))
 
 
@@ -418,7 +418,7 @@ def test_malformed_input_names_file_and_line(
     root = write(tmp_path, base | changes, encoding="iso-8859-1" if fmt != "csv" else "utf-8")
     with pytest.raises(DataError) as caught:
         load_dataset(root)
-    assert str(caught.value) == f"{root / message}"  # the path as given, then the problem
+    assert str(caught.value) == f"{root}/{message}"  # the path as given, then the problem
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ml-100k").is_dir(), reason="no ../shared/data/ml-100k")
