@@ -135,9 +135,11 @@ def check_key(event: Event, key: bytes | None) -> None:
     before the user's earlier events, so it is refused, with the producer's mistake named,
     rather than applied out of order without a trace."""
     if key != event.user_id.encode():
-        shown = "no key" if key is None else f"key {key[:64]!r}"
-        if key is not None and len(key) > 64:
-            shown += f" (first 64 of {len(key)} bytes)"
+        if key is None:
+            shown = "no key"
+        else:
+            cut = f" (first 64 of {len(key)} bytes)" if len(key) > 64 else ""
+            shown = f"key {key[:64]!r}{cut}"
         raise InvalidEvent(
             KEY_MISMATCH,
             f"record has {shown}, not its user_id {event.user_id[:64]!r}: events must be "

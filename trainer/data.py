@@ -113,30 +113,29 @@ def _read_table(path: Path, sep: str, encoding: str, n_fields: int | None = None
     With `n_fields` None the first line is a header and fixes the count; "," means csv, with
     quoting. Blank lines are an error like any other malformed line, so line numbers stay exact.
     """
-    raw = path.read_bytes()
+    raw, file = path.read_bytes(), str(path)
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path} line {line}: not valid UTF-8") from None
+        raise DataError(f"{file} line {line}: not valid UTF-8") from None
     text = text.replace("\r\n", "\n")
     if "\r" in text:  # a line break to some readers and part of a field to others
         line = text.count("\n", 0, text.index("\r")) + 1
-        raise DataError(f"{path} line {line}: a carriage return inside a line")
+        raise DataError(f"{file} line {line}: a carriage return inside a line")
     # str.splitlines would also break at \x85 and \x1c, which are characters in ISO-8859-1.
     lines = text.rstrip("\n").split("\n") if text.strip() else []
-    file = str(path)
     with _no_gc():
         rows = _csv_rows(lines, file) if sep == "," else [line.split(sep) for line in lines]
     header: list[str] = []
     if n_fields is None:
         if not rows:
-            raise DataError(f"{path}: empty file, expected a header line")
+            raise DataError(f"{file}: empty file, expected a header line")
         header = [name.strip() for name in rows.pop(0)]
         n_fields = len(header)
         repeated = next((name for i, name in enumerate(header) if name in header[:i]), None)
         if repeated is not None:
-            raise DataError(f"{path} line 1: column {repeated!r} appears twice in the header")
+            raise DataError(f"{file} line 1: column {repeated!r} appears twice in the header")
     table = _Table(file, rows, 2 if header else 1, header)
     if not set(map(len, rows)) <= {n_fields}:
         bad = next(i for i, r in enumerate(rows) if len(r) != n_fields)
