@@ -64,7 +64,8 @@ LEGACY_TOPIC = ""
 # encode_record gives. Each blob is stored as fields <name>0, <name>1, ... of at most a
 # chunk. Returns 1 if written, 0 if not newer. The script splits the blobs, not the client:
 # the client's cost of a command grows with its arguments (redis-py packs each one in
-# Python), and a split record is three times as many.
+# Python), and a split record is three times as many. HSET takes the fields 500 pairs at a
+# time: Lua's unpack() fails past about 8,000 values, which a long history reaches.
 _CAS_SCRIPT = """
 local stored = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
 if tonumber(ARGV[1]) <= stored then
@@ -82,7 +83,9 @@ for i = 5 + 2 * blobs, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(fields))
+for i = 1, #fields, 1000 do
+  redis.call('HSET', KEYS[1], unpack(fields, i, math.min(i + 999, #fields)))
+end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
@@ -165,7 +168,7 @@ def decode_record(user_id: str, fields: Mapping[bytes, bytes]) -> UserRecord:
     try:
         return UserRecord(
             user_id=user_id,
-            vector=np.frombuffer(_joined(VECTOR, fields), dtype="<f4").astype(np.float32),
+            vector=_finite_vector(_joined(VECTOR, fields)),
             history=History.decode(_joined(HISTORY, fields)),
             model_version=fields[MODEL.encode()].decode(),
             state_version=_whole_number(fields[STATE.encode()]),
@@ -174,6 +177,15 @@ def decode_record(user_id: str, fields: Mapping[bytes, bytes]) -> UserRecord:
         )
     except (KeyError, ValueError, UnicodeDecodeError) as error:
         raise StoreError.of(user_id, error) from None
+
+
+def _finite_vector(raw: bytes) -> np.ndarray:
+    """Finite floats only: this store never writes NaN or infinity, and a vector holding one
+    would rank every item NaN while the response called itself adapted."""
+    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if not np.isfinite(vector).all():
+        raise ValueError("the vector holds NaN or infinity")
+    return vector
 
 
 def _whole_number(raw: bytes) -> int:
@@ -198,8 +210,9 @@ def _joined(name: str, fields: Mapping[bytes, bytes]) -> bytes:
 def _reply_error(user_id: str, error: Exception) -> Exception:
     """WRONGTYPE (the user's key holds something other than a hash: another writer, a hand
     edit) is this user's unreadable record, a StoreError: the consumer sets their events
-    aside instead of retrying its batch forever. Any other error is Redis's own."""
-    if isinstance(error, redis.ResponseError) and str(error).startswith("WRONGTYPE"):
+    aside instead of retrying its batch forever. Any other error is Redis's own. (A script
+    reports WRONGTYPE inside its own error message on Redis before 7.)"""
+    if isinstance(error, redis.ResponseError) and "WRONGTYPE" in str(error):
         return StoreError.of(user_id, error)
     return error
 
@@ -264,6 +277,7 @@ class UserStore:
 
         One compare-and-set script call per user, all in one pipeline. Returns
         the ids of the users written; the others already had a newer or equal state.
+        A user whose key is not a hash raises StoreError; the batch's other users are written.
         """
         records = list(records)
         if not records:
@@ -277,7 +291,10 @@ class UserStore:
                 pipe.execute_command("EVAL", _CAS_SCRIPT, 1, key, *args)
             else:
                 self._cas(keys=[key], args=args, client=pipe)
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
+        for record, reply in zip(records, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise _reply_error(record.user_id, reply)
         applied = {r.user_id for r, reply in zip(records, replies, strict=True) if reply == 1}
         if len(applied) < len(records):
             logger.info(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from service.store import (
     encode_watermarks,
     user_key,
 )
+from trainer.errors import ColdstartError
 
 DIM = 64  # the default model size: the 1 KiB target is about this
 
@@ -144,6 +146,14 @@ def test_a_write_replaces_the_whole_record(store: UserStore) -> None:
     assert store.get("u1").history == history(2)
 
 
+def test_a_long_history_of_long_ids_round_trips(store: UserStore) -> None:
+    """About 600 KB: more fields than Lua's unpack() can pass to one HSET."""
+    entries = History(HistoryEntry(f"{n:0200d}", 4.0) for n in range(3000))
+    long = replace(record("long"), history=entries)
+    assert store.put_many([long]) == {"long"}
+    assert_same(store.get("long"), long)
+
+
 def test_put_many_and_get_many_serve_many_users_at_once(store: UserStore) -> None:
     records = [record(f"u{n}") for n in range(200)]
     assert store.put_many(records) == {f"u{n}" for n in range(200)}
@@ -192,6 +202,25 @@ def test_a_key_that_is_not_a_hash_is_that_users_unreadable_record(store: UserSto
     with pytest.raises(StoreError, match=unreadable):
         store.get_many(["intact", "overwritten"])
     assert set(store.get_many(["intact"])) == {"intact"}
+
+
+def test_writing_over_a_key_that_is_not_a_hash_is_that_users_unreadable_record(
+    store: UserStore,
+) -> None:
+    """The key changed type between the consumer's read and its write: that user's events
+    are set aside (a StoreError), not the whole batch retried forever."""
+    store.client.set(user_key("overwritten"), b"not a hash")
+    with pytest.raises(StoreError, match="'overwritten': stored record is unreadable") as raised:
+        store.put_many([record("before"), record("overwritten"), record("after")])
+    assert raised.value.user_id == "overwritten"
+    assert set(store.get_many(["before", "after"])) == {"before", "after"}
+
+
+def test_a_vector_that_is_not_finite_is_unreadable(store: UserStore) -> None:
+    store.put_many([record("nan")])
+    store.client.hset(user_key("nan"), "v0", np.full(16, np.nan, dtype="<f4").tobytes())
+    with pytest.raises(StoreError, match=r"'nan': stored record is unreadable .*NaN or infinity"):
+        store.get("nan")
 
 
 def test_redis_errors_propagate(redis_url: str) -> None:
@@ -265,6 +294,15 @@ def test_the_store_works_unchanged_on_a_redis_cluster(cluster_url: str) -> None:
     per_node = [node.redis_connection.dbsize() for node in client.get_primaries()]
     assert len(per_node) == 3 and all(per_node), per_node  # users spread over every node
     store.close()
+
+
+def test_a_cluster_down_at_start_up_is_a_one_line_error() -> None:
+    """A cluster client reads the slot map as it is made: no node answering stops start-up
+    with an error the CLI prints in one line (exit 2), the password masked."""
+    settings = Settings(model=Path("."), redis_cluster=True)
+    with pytest.raises(ColdstartError, match=r"cannot reach the Redis Cluster at .*:\*\*\*@") as e:
+        redis_client("redis://user:hunter2@127.0.0.1:1/0", 0.5, settings)
+    assert "hunter2" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_a_cluster_that_stops_answering_raises_a_redis_error(tmp_path: Path) -> None:
