@@ -192,9 +192,9 @@ class EventApplier:
 
     def apply(self, events: Sequence[SourcedEvent]) -> int:
         """Applies the events; returns how many were new. Redis errors propagate, and so
-        does the StoreError of a user whose stored state cannot be read: raised before the
-        first write (or, on a compare-and-set retry round, after writes that the watermarks
-        make idempotent), so the batch can be applied again without that user's events."""
+        does the StoreError of a user whose stored state cannot be read or written: raised
+        before any write or after writes that the watermarks make idempotent, so the batch
+        can be applied again without that user's events."""
         pending = group_by_user(events)
         applied, hits = 0, None
         for _ in range(self.max_conflicts + 1):
@@ -634,9 +634,11 @@ class EventConsumer:
         if consumer is None:
             return
         for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            if highwater is not None:
-                self.observer.on_lag(tp.partition, max(0, highwater - consumer.position(tp)))
+            # timeout 0: a partition without a position yet (just assigned) would otherwise
+            # make position() ask the coordinator, blocking the loop while the broker is down.
+            highwater, position = consumer.highwater(tp), consumer.position(tp, timeout_ms=0)
+            if highwater is not None and position is not None:
+                self.observer.on_lag(tp.partition, max(0, highwater - position))
 
 
 @dataclass(frozen=True)
