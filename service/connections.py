@@ -13,9 +13,11 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from service.settings import Settings
+from service.settings import Settings, redact_url
+from trainer.errors import ColdstartError
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
@@ -50,5 +52,17 @@ def redis_client(
     if settings.redis_tls_ca is not None:
         options["ssl_ca_certs"] = str(settings.redis_tls_ca)
     if settings.redis_cluster:
-        return RedisCluster.from_url(url, **options)  # type: ignore[return-value]
+        return _cluster_client(url, options)
     return redis.Redis.from_url(url, **options)
+
+
+def _cluster_client(url: str, options: dict[str, Any]) -> redis.Redis:
+    """Unlike a plain client, a cluster client asks a node for the slot map as it is made, so
+    a cluster that is down at start-up stops the replica: with one line, not a traceback, and
+    the orchestrator's restart tries again."""
+    try:
+        return RedisCluster.from_url(url, **options)  # type: ignore[return-value]
+    except RedisClusterException as error:
+        raise ColdstartError(
+            f"cannot reach the Redis Cluster at {redact_url(url)}: {error}"
+        ) from None

@@ -121,17 +121,20 @@ SPECS = [_Spec(f.name, _kind(str(f.type))) for f in dataclasses.fields(Settings)
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting. Defaults stay None so `resolve` can tell 'not given' apart."""
+    """One flag per setting. Defaults stay None so `resolve` can tell 'not given' apart.
+    A true/false setting's flag alone means true (`--redis-cluster`), as with most tools."""
     defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
     for spec in SPECS:
         default = defaults[spec.name]
         shown = "required" if default is dataclasses.MISSING else f"default {default}"
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if spec.kind is bool else {}
         parser.add_argument(
             spec.flag,
             dest=spec.name,
             default=None,
             metavar=spec.name.upper(),
             help=f"{shown}; env {spec.env}",
+            **switch,
         )
 
 

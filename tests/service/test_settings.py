@@ -53,6 +53,13 @@ def test_environment_sets_and_flags_override(model_dir: Path) -> None:
     assert overridden.metrics_port == 6001
 
 
+def test_a_true_false_flag_alone_means_true(model_dir: Path) -> None:
+    env = {"COLDSTART_REDIS_CLUSTER": "true"}
+    assert resolve(parse("--model", str(model_dir), "--redis-cluster"), env={}).redis_cluster
+    off = parse("--model", str(model_dir), "--redis-cluster", "false")
+    assert not resolve(off, env=env).redis_cluster
+
+
 def test_an_empty_variable_counts_as_unset(model_dir: Path) -> None:
     settings = resolve(parse("--model", str(model_dir)), env={"COLDSTART_KAFKA_BOOTSTRAP": ""})
     assert settings.kafka_bootstrap is None
