@@ -126,6 +126,29 @@ def check_user_id(user_id: str) -> None:
         raise InvalidRequest(error.message) from None
 
 
+class ThrottledWarning:
+    """At most one warning line per interval, counting those held back. During a Redis
+    outage every Recommend degrades: at 1,000 requests a second a line each would flood
+    the log, and the metrics already count every one."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._next = 0.0  # time.monotonic() from which the next line may be written
+        self._held = 0
+
+    def __call__(self, message: str, *args: object) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._held += 1
+                return
+            held, self._held, self._next = self._held, 0, now + self.interval_s
+        if held:
+            message += f" ({held} more such answers since the last line)"
+        logger.warning(message, *args)
+
+
 class Recommender:
     """Top-k for a user from their stored state, the prior, or (Redis down) the prior.
 
@@ -136,6 +159,7 @@ class Recommender:
         self.model = model
         self.store = store
         self.metrics = metrics
+        self._warn_degraded = ThrottledWarning(interval_s=10.0)
 
     def recommend(self, query: RecommendQuery) -> Recommendation:
         model = self.model
@@ -146,7 +170,7 @@ class Recommender:
             try:
                 return self._personal(query, model, record, candidates)
             except HistoryError as error:  # one user's history is unreadable: the others are fine
-                logger.warning("user %r: answering from the prior: %s", query.user_id, error)
+                self._warn_degraded("user %r: answering from the prior: %s", query.user_id, error)
                 state = "degraded"
         items = model.top_k(model.cold_vector(query.features), query.k, candidates=candidates)
         self.metrics.on_response(state)
@@ -202,10 +226,10 @@ class Recommender:
             record = self.store.get(user_id)
         except REDIS_ERRORS as error:
             self.metrics.on_redis_error()
-            logger.warning("Redis unavailable, answering from the prior: %s", error)
+            self._warn_degraded("Redis unavailable, answering from the prior: %s", error)
             return None, "degraded"
         except StoreError as error:  # one user's record is unreadable: the others are fine
-            logger.warning("answering from the prior: %s", error)
+            self._warn_degraded("answering from the prior: %s", error)
             return None, "degraded"
         return record, "cold"
 

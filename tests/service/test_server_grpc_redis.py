@@ -10,6 +10,7 @@ property test over RecommendRequest fields that never sees UNKNOWN or INTERNAL.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import threading
@@ -45,6 +46,7 @@ from service.server import (
     KafkaEventSink,
     Recommender,
     RecommenderServicer,
+    ThrottledWarning,
     start_server,
 )
 from service.store import UserRecord, UserStore, user_key
@@ -572,8 +574,9 @@ def test_no_request_sees_unknown_or_internal(
 
 
 def test_redis_stopped_answers_degraded_never_unknown(
-    model: ServingModel, stack: LocalStack
+    model: ServingModel, stack: LocalStack, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="service.server")
     with LocalStack(kafka=False, redis=True) as own, running(model, stack, own.redis_url) as svc:
         adapted_user(svc, model, "will-degrade", model.item_ids[:3])
         assert recommend(svc, user_id="will-degrade", k=5).state == recommender_pb2.ADAPTED
@@ -589,6 +592,21 @@ def test_redis_stopped_answers_degraded_never_unknown(
         values = svc.metrics.values()
         assert values["coldstart_redis_errors_total"] >= 4
         assert values['coldstart_recommend_responses_total{state="degraded"}'] == 3
+    degraded_lines = [r for r in caplog.records if "answering from the prior" in r.getMessage()]
+    assert len(degraded_lines) == 1  # four degraded answers, one line: an outage is not a flood
+
+
+def test_a_throttled_warning_says_how_many_it_held_back(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="service.server")
+    warn = ThrottledWarning(interval_s=0.2)
+    for n in range(5):
+        warn("degraded %s", n)
+    time.sleep(0.25)
+    warn("degraded %s", 5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "degraded 0",
+        "degraded 5 (4 more such answers since the last line)",
+    ]
 
 
 def test_metrics_count_requests_by_method_and_code_and_pass_promtool(
