@@ -207,7 +207,7 @@ def meta_train(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % config.eval_every == 0:
+        if step % config.eval_every == 0 or step == config.meta_steps:  # the last step too
             ndcg = validation_ndcg(score_fn(model), ctx)
             history.append({"step": step, "loss": loss.item(), "valid_ndcg@20": ndcg})
             if ndcg > best[0]:

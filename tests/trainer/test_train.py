@@ -18,6 +18,7 @@ from trainer.train import (
     build_model,
     calibrate_step,
     episode_histories,
+    meta_train,
     query_loss,
     sample_episodes,
     score_fn,
@@ -48,6 +49,14 @@ def test_calibration_shortens_an_overshooting_step_and_never_loses_validation_nd
     assert validation_ndcg(score_fn(model), ctx) == pytest.approx(result["valid_ndcg@20"])
     after = model.initial_users(torch.zeros(1, ctx.features.shape[1], dtype=torch.long))
     torch.testing.assert_close(after, zero_shot)
+
+
+def test_the_last_step_is_validated_when_eval_every_does_not_divide_the_run(ctx) -> None:
+    """Else a run shorter than eval_every kept the untrained model, and a longer one dropped
+    the steps after its last multiple unseen."""
+    config = TrainConfig(meta_steps=7, eval_every=5, users_per_step=16, calibrate=False)
+    _, summary = meta_train(ctx, ModelConfig(dim=8), config, progress=False)
+    assert [row["step"] for row in summary["history"]] == [0, 5, 7]
 
 
 @pytest.fixture(scope="module")
