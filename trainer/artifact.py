@@ -200,7 +200,7 @@ def _read_manifest(path: Path) -> dict:
 
 
 def _check_names(manifest: dict, path: Path) -> None:
-    """The id map and the vocabularies must be lists of strings, and ids must be unique."""
+    """The id map and the vocabularies must be lists of strings, ids unique, features sorted."""
     lists = {"item_ids": manifest["item_ids"], "item_feature_names": manifest["item_feature_names"]}
     lists |= {f"user_features.{n}": v for n, v in manifest["user_features"].items()}
     for name, values in lists.items():
@@ -208,6 +208,10 @@ def _check_names(manifest: dict, path: Path) -> None:
             raise ArtifactError(f"{path}: {name} is not a list of strings")
     if len(set(manifest["item_ids"])) != len(manifest["item_ids"]):
         raise ArtifactError(f"{path}: item_ids repeats an id")
+    # The version hashes the manifest with sorted keys, so it cannot see their order; the
+    # feature embeddings are read in this order, and save writes it sorted.
+    if list(manifest["user_features"]) != sorted(manifest["user_features"]):
+        raise ArtifactError(f"{path}: user_features are not in sorted order")
 
 
 def _read_weights(path: Path, expected_sha256: str) -> dict[str, torch.Tensor]:

@@ -22,6 +22,9 @@ from trainer.split import Support
 
 # Every adaptation, online ones included, takes this many catalogue-wide steps at most.
 MAX_INNER_STEPS = 100
+# A user vector is a Redis record of this many floats at most (4 KiB); the bound also keeps a
+# manifest's dim from asking torch for a (dim, dim) matrix it cannot size.
+MAX_DIM = 1024
 
 
 @dataclass
@@ -43,6 +46,8 @@ class ModelConfig:
         )
         if self.inner_steps > MAX_INNER_STEPS:
             raise ValueError(f"inner_steps must be <= {MAX_INNER_STEPS}, got {self.inner_steps}")
+        if self.dim > MAX_DIM:
+            raise ValueError(f"dim must be <= {MAX_DIM}, got {self.dim}")
 
 
 class ColdStartModel(nn.Module):

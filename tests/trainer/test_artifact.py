@@ -129,8 +129,9 @@ def test_an_edited_manifest_no_longer_matches_its_version(saved, tmp_path: Path,
         (lambda m: m.update(format_version=99), "format version 99"),
         (lambda m: m["item_ids"].append("extra"), "shape"),
         (lambda m: m["model_config"].update(dim=16), "shape"),
-        # 360 GB if it were allocated before the shapes are compared
-        (lambda m: m["model_config"].update(dim=300_000), "shape"),
+        (lambda m: m["model_config"].update(dim=1000), "shape"),
+        # torch cannot size the (dim, dim) preconditioner, even on the meta device
+        (lambda m: m["model_config"].update(dim=10**12), "dim must be <= 1024"),
         (lambda m: m["model_config"].update(colour="red"), "does not fit"),
         (lambda m: m["model_config"].update(dim="8"), "dim must be int"),
         (lambda m: m["model_config"].update(init_prior=0), "init_prior must be > 0"),
@@ -142,6 +143,10 @@ def test_an_edited_manifest_no_longer_matches_its_version(saved, tmp_path: Path,
         (lambda m: m.update(user_features=[]), "user_features is a list, not a dict"),
         (lambda m: m["item_ids"].__setitem__(0, 7), "item_ids is not a list of strings"),
         (lambda m: m["item_ids"].__setitem__(0, m["item_ids"][1]), "repeats an id"),
+        (
+            lambda m: m.update(user_features=dict(reversed(m["user_features"].items()))),
+            "user_features are not in sorted order",
+        ),
     ],
 )
 def test_mismatched_manifest_is_refused(saved, tmp_path: Path, edit, message: str) -> None:
