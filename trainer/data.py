@@ -147,16 +147,30 @@ def _read_table(path: Path, sep: str, encoding: str, n_fields: int | None = None
 def _csv_rows(lines: list[str], file: str) -> list[list[str]]:
     """One csv row per line, with quoting. A quoted field may not run past its line: an
     unclosed quote would otherwise swallow the rest of the file into one field."""
-    reader = csv.reader(lines)
     try:
-        rows = list(reader)
-    except csv.Error as error:
-        raise DataError(f"{file} line {reader.line_num}: {error}") from None
-    if len(rows) != len(lines):  # only on failure: find the line, in a slower Python loop
-        reader = csv.reader(lines)
-        line = next(i for i, _ in enumerate(reader, 1) if reader.line_num != i)
-        raise DataError(f"{file} line {line}: a quoted field runs past the end of the line")
+        rows = list(csv.reader(lines))
+    except csv.Error:
+        rows = None
+    if rows is None or len(rows) != len(lines):  # only on failure: the slower search
+        raise DataError(_csv_problem(lines, file))
     return rows
+
+
+def _csv_problem(lines: list[str], file: str) -> str:
+    """The first row that does not end on its own line (an unclosed quote: in a large file
+    the reader fails only at its field limit, thousands of lines on) or that the reader
+    refuses on its line."""
+    reader = csv.reader(lines)
+    start = 1  # the line the row being read starts on
+    try:
+        for _ in reader:
+            if reader.line_num != start:
+                break
+            start += 1
+    except csv.Error as error:
+        if reader.line_num == start:
+            return f"{file} line {start}: {error}"
+    return f"{file} line {start}: a quoted field runs past the end of the line"
 
 
 def _numbers(table: _Table, values: list[str], dtype: type, what: str) -> np.ndarray:

@@ -361,6 +361,11 @@ MALFORMED = [
     ),
     (
         "csv",
+        {"interactions.csv": 'user_id,item_id\n1,2\n1,"3\n' + "2,4\n" * 60_000},
+        "interactions.csv line 3: a quoted field runs past the end of the line",
+    ),
+    (
+        "csv",
         {"interactions.csv": "user_id,item_id\r1,2\r1,3\r"},
         "interactions.csv line 1: a carriage return inside a line",
     ),
