@@ -58,7 +58,8 @@ def _bounded(text: str, limit: int) -> int:
     return value
 
 
-def _seed(text: str) -> int:
+def seed_flag(text: str) -> int:
+    """A --seed: the split and the initialisation, within what numpy and torch accept."""
     return _bounded(text, artifact.MAX_SEED)
 
 
@@ -184,6 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     loaded = artifact.load(args.model) if args.model else None
     seeds, model_config = args.seeds or DEFAULT_SEEDS, _config(ModelConfig, args)
     if loaded is not None:
+        _refuse_config_flags(args)
         _require_same_data(loaded, data)
         seeds = _artifact_seeds(loaded, args.seeds)
         model_config = loaded.model.config  # what it was trained with; mf takes its K steps
@@ -198,6 +200,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _out_dir(args.out)
     run_evaluation(data, args.out, options, loaded)
     print((args.out / "results.md").read_text())
+
+
+def _refuse_config_flags(args: argparse.Namespace) -> None:
+    """--model is evaluated as it was trained: a model or training flag would be ignored
+    without a word, and the results read as if it had applied."""
+    given = [
+        "--" + field.name.replace("_", "-")
+        for config_class in (ModelConfig, TrainConfig)
+        for field in dataclasses.fields(config_class)
+        if getattr(args, field.name) != field.default
+    ]
+    if given:
+        raise ColdstartError(f"--model is evaluated with its own settings; drop {', '.join(given)}")
 
 
 def _require_same_data(loaded: artifact.Artifact, data: Dataset) -> None:
@@ -232,13 +247,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=300,
         help=f"default %(default)s; users x items is at most {MAX_SYNTH_CELLS:,}",
     )
-    synth.add_argument("--seed", type=_seed, default=0, help="default %(default)s")
+    synth.add_argument("--seed", type=seed_flag, default=0, help="default %(default)s")
     synth.set_defaults(run=cmd_synth)
 
     train = commands.add_parser("train", help="meta-train a model and write its artifact")
     _add_data_flags(train)
     train.add_argument("--out", required=True, type=Path, help="model directory to write")
-    train.add_argument("--seed", type=_seed, default=0, help="user split and initialisation")
+    train.add_argument("--seed", type=seed_flag, default=0, help="user split and initialisation")
     train.add_argument(
         "--support-sizes",
         type=_support_sizes,

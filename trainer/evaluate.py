@@ -219,4 +219,5 @@ def _protocol_description(options: EvalOptions, data: Dataset) -> dict:
         "order": "time" if data.timestamps is not None else "seeded shuffle",
         "split": "70/10/20 by seeded hash of the user id",
         "ranking": "whole catalogue minus the support items",
+        "recall@20": "query items in the top 20 / min(20, query items) (Liang et al., 2018)",
     }

@@ -36,6 +36,8 @@ def test_train_then_evaluate_beats_popularity(tmp_path: Path, capsys) -> None:
     assert "| ndcg@20 |" in capsys.readouterr().out
     assert main([*evaluate, "--seeds", "1"]) == 2
     assert "trained on the split of seed 0" in capsys.readouterr().err
+    assert main([*evaluate, "--dim", "8", "--meta-steps", "7"]) == 2
+    assert "own settings; drop --dim, --meta-steps" in capsys.readouterr().err
     shutil.copytree(data, tmp_path / "fewer")
     interactions = tmp_path / "fewer" / "interactions.csv"
     interactions.write_text("".join(interactions.read_text().splitlines(keepends=True)[:-1]))
