@@ -15,6 +15,7 @@ from pathlib import Path
 
 from trainer.allocator import keep_large_blocks
 from trainer.cli import add_commands as add_trainer_commands
+from trainer.cli import seed_flag
 from trainer.errors import ColdstartError
 
 
@@ -84,14 +85,14 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     replay.add_argument("--rate", type=float, help="events/s (default: as fast as possible)")
     replay.add_argument("--kafka-bootstrap", help="host:port (env COLDSTART_KAFKA_BOOTSTRAP)")
     replay.add_argument("--topic", help="default coldstart.events (env COLDSTART_TOPIC)")
-    replay.add_argument("--seed", type=int, default=0, help="the user split's seed")
+    replay.add_argument("--seed", type=seed_flag, default=0, help="the user split's seed")
     replay.set_defaults(run=cmd_replay)
 
     demo = commands.add_parser(
         "demo", help="the tour: data, quick training, local stack, service, one cold user"
     )
     demo.add_argument("--data", type=Path, help="data set directory (default: synthetic)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=seed_flag, default=0)
     demo.add_argument("--meta-steps", type=int, default=60, help="quick-training outer steps")
     demo.add_argument("--replay-users", type=int, default=30, help="test users replayed at the end")
     demo.add_argument("--grpc-port", type=int, default=0, help="default: any free port")
