@@ -214,7 +214,8 @@ def _integer_ids(table: _Table, values: list[str], what: str) -> list[str]:
 
 
 def _stripped(values: list[str]) -> list[str]:
-    """Ids of the csv layout without surrounding blanks: "i91" and " i91 " are one item."""
+    """Values of the csv layout without surrounding blanks: "i91" and " i91 " are one item,
+    "M" and " M" one gender."""
     return [v.strip() for v in values]
 
 
@@ -234,9 +235,12 @@ def _age_buckets(table: _Table, ages: list[str]) -> list[str]:
 
 
 def _rows_of(table: _Table, raw_ids: list[str], what: str) -> dict[str, int]:
-    """Row of each id in a side file; a repeated id is an error, not a silent overwrite."""
+    """Row of each id in a side file; a repeated or empty id is an error, as in the
+    interactions, not a silent overwrite or a user nobody can name."""
     rows: dict[str, int] = {}
     for i, raw in enumerate(raw_ids):
+        if not raw:
+            raise table.error(i, f"empty {what}")
         if rows.setdefault(raw, i) != i:
             raise table.error(
                 i, f"{what} {raw!r} appears twice (first on line {rows[raw] + table.first_line})"
@@ -480,13 +484,16 @@ def _load_csv(root: Path) -> Dataset:
     if (root / "users.csv").exists():
         users = _side_table(root / "users.csv", ",", _UTF8)
         ids = _stripped(*users.require("user_id"))
-        features = {n: users.column(j) for j, n in enumerate(users.header) if n != "user_id"}
+        features = {
+            n: _stripped(users.column(j)) for j, n in enumerate(users.header) if n != "user_id"
+        }
         user_side = _UserSide(users, ids, features)
     if (root / "items.csv").exists():
         items = _side_table(root / "items.csv", ",", _UTF8)
         ids = _stripped(*items.require("item_id"))
         blank = [""] * len(ids)
-        genres = [g.split("|") if g else [] for g in items.named("genres") or blank]
+        genres = [_stripped(g.split("|")) for g in items.named("genres") or blank]
+        genres = [[g for g in gs if g] for gs in genres]  # "" and "a||b" name no empty genre
         years = _optional_years(items, items.named("year") or blank)
         names = sorted({g for gs in genres for g in gs})
         item_side = _ItemSide(items, ids, genres, years, names)

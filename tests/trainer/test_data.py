@@ -142,6 +142,20 @@ def test_csv_ids_lose_surrounding_blanks_but_keep_inner_ones(tmp_path: Path) -> 
     assert data.user_vocab["plan"][data.user_features["plan"][1]] == "pro"
 
 
+def test_csv_feature_values_lose_surrounding_blanks_and_name_no_empty_genre(
+    tmp_path: Path,
+) -> None:
+    files = CSV | {
+        "users.csv": "user_id,plan\nalice, pro\nbob,pro \n",
+        "items.csv": "item_id,genres\na,Drama||War\nb, Drama |\n",
+    }
+    data = load_dataset(write(tmp_path, files))
+    assert data.user_vocab["plan"] == [UNKNOWN, "pro"]
+    assert data.item_feature_names == ["genre=Drama", "genre=War"]
+    rows = dict(zip(data.item_ids, data.item_features.tolist(), strict=True))
+    assert rows == {"a": [1, 1], "b": [1, 0]}
+
+
 def test_side_file_rows_that_do_not_match_the_interactions_are_reported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -373,6 +387,11 @@ MALFORMED = [
         "csv",
         {"interactions.csv": "user_id,item_id\n1,2\n1," + "x" * 200_000 + "\n"},
         "interactions.csv line 3: field larger than field limit (131072)",
+    ),
+    (
+        "csv",
+        {"users.csv": "user_id,plan\nalice,pro\n ,free\n"},
+        "users.csv line 3: empty user",
     ),
     (
         "csv",
