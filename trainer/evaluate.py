@@ -78,6 +78,31 @@ class ColdStart:
         return adapt.ratings(self.model.adapt(support), self.model.item_tables())
 
 
+class ColdStartAsServed:
+    """The same model as the service runs it: a user is adapted from their events alone,
+    which carry no side features, so the start is the prior without them. Evaluated beside
+    `coldstart` so that every evaluation shows what side features add offline and what the
+    service gives without them."""
+
+    name = "coldstart_as_served"
+
+    def __init__(self, fitted: ColdStart) -> None:
+        self.fitted = fitted  # fitted first, in the method list
+
+    def fit(self, ctx: Context) -> None:
+        pass
+
+    def scores(self, support) -> torch.Tensor:
+        return self.fitted.scores(_without_features(support))
+
+    def ratings(self, support) -> torch.Tensor | None:
+        return self.fitted.ratings(_without_features(support))
+
+
+def _without_features(support):
+    return dataclasses.replace(support, user_features=torch.zeros_like(support.user_features))
+
+
 def _rating_metrics(method, ctx: Context, users: np.ndarray, ks: np.ndarray) -> dict:
     """Per-user MAE, RMSE and graded NDCG@3 over the query items (NaN without ratings)."""
     maes, rmses, ndcg3 = [], [], []
@@ -167,12 +192,14 @@ def all_methods(
     model_config: ModelConfig, train_config: TrainConfig, artifact: Artifact | None
 ) -> list:
     steps = model_config.inner_steps
+    ours = ColdStart(model_config, train_config, artifact)
     return [
         Popularity(),
         ItemKNN(),
         MatrixFactorisation(inner_steps=steps),
         MeLU(),
-        ColdStart(model_config, train_config, artifact),
+        ours,
+        ColdStartAsServed(ours),
     ]
 
 

@@ -23,7 +23,8 @@ def test_train_then_evaluate_beats_popularity(tmp_path: Path, capsys) -> None:
     assert main([*evaluate, "--support-sizes", "0,3,10"]) == 0
     results = json.loads((out / "results.json").read_text(), parse_constant=_not_json)
     assert results["per_seed"][0]["methods"]["item_knn"]["3"]["mae"] is None  # null, not NaN
-    assert set(results["methods"]) == {"popularity", "item_knn", "mf_finetune", "melu", "coldstart"}
+    baselines = {"popularity", "item_knn", "mf_finetune", "melu"}
+    assert set(results["methods"]) == baselines | {"coldstart", "coldstart_as_served"}
     ours, popularity = results["methods"]["coldstart"], results["methods"]["popularity"]
     for k in ("3", "10"):
         assert ours[k]["ndcg@20"] > popularity[k]["ndcg@20"]

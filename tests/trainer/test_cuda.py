@@ -31,7 +31,8 @@ def test_train_and_evaluate_every_method_on_cuda(tmp_path: Path) -> None:
     evaluate = ["evaluate", "--data", str(data), "--out", str(out), "--model", str(model)]
     assert main([*evaluate, "--support-sizes", "0,3,10", "--device", "cuda"]) == 0
     results = json.loads((out / "results.json").read_text())["methods"]
-    assert set(results) == {"popularity", "item_knn", "mf_finetune", "melu", "coldstart"}
+    baselines = {"popularity", "item_knn", "mf_finetune", "melu"}
+    assert set(results) == baselines | {"coldstart", "coldstart_as_served"}
     for k in ("3", "10"):
         assert results["coldstart"][k]["ndcg@20"] > results["popularity"][k]["ndcg@20"]
         assert results["coldstart"][k]["mae"] is not None

@@ -13,7 +13,11 @@ def _results(seeds: list[int], counts: list[int]) -> dict:
         "protocol": {"name": "coldstart"},
         "seeds": seeds,
         "per_seed": [{"n_test_users": n} for n in counts],
-        "methods": {"popularity": {"3": row}, "coldstart": {"3": better}},
+        "methods": {
+            "popularity": {"3": row},
+            "coldstart": {"3": better},
+            "coldstart_as_served": {"3": row | {"ndcg@20": 0.52}},
+        },
     }
 
 
@@ -23,7 +27,7 @@ def test_the_table_gives_each_seeds_test_users_and_the_spread_over_seeds(tmp_pat
     assert "162 / 158 test users in seeds [0, 1]" in text
     assert "| coldstart | 0.5500 ± 0.0100 |" in text
     assert "| mae |" not in text  # no method predicts ratings here
-    assert "k=3: +10.0% vs popularity" in text
+    assert "k=3: +10.0% vs popularity" in text  # our own as-served row is not a baseline
 
 
 def test_one_seed_has_no_spread_to_show(tmp_path: Path) -> None:
