@@ -49,13 +49,21 @@ class TrainConfig:
     eval_every: int = 50  # outer steps between validation runs
     patience: int = 4  # validation runs without improvement before stopping
     calibrate: bool = True  # rescale the learned step and prior on validation users at the end
+    # Share of episodes whose user's side features are hidden. The service adapts users from
+    # events, which carry none: trained always with them, the start without them is
+    # off-centre (ml-1m split 0, validation NDCG@20 at k = 3 / 5 / 10 without features
+    # 0.5805 / 0.5957 / 0.6298; with 0.5 hidden 0.5880 / 0.6086 / 0.6374, with them 0.5972 /
+    # 0.6167 / 0.6414 before and 0.5959 / 0.6172 / 0.6439 after).
+    feature_dropout: float = 0.5
 
     def __post_init__(self) -> None:
         check_fields(
             self,
             positive=("meta_steps", "users_per_step", "meta_lr", "eval_every", "patience"),
-            non_negative=("max_support", "item_lr_scale"),
+            non_negative=("max_support", "item_lr_scale", "feature_dropout"),
         )
+        if self.feature_dropout > 1:
+            raise ValueError(f"feature_dropout must be <= 1, got {self.feature_dropout}")
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,7 @@ def sample_episodes(
     seqs = episode_histories(ctx, batch, rng)
     rows = np.arange(len(batch))
     ks = np.minimum(rng.integers(0, config.max_support + 1, len(batch)), seqs.lengths - 1)
-    support = support_batch(seqs, rows, ks, ctx.features[batch])
+    support = support_batch(seqs, rows, ks, _episode_features(ctx, batch, config, rng))
     counts = seqs.lengths - ks
     query_rows, flat = positions_after(seqs, rows, ks)
     items = torch.from_numpy(seqs.items[flat])
@@ -112,6 +120,18 @@ def sample_episodes(
         query_ratings = torch.from_numpy(seqs.ratings[flat]).float()
     query = Query(weights, hidden, rows_t, items, query_ratings)
     return support, query
+
+
+def _episode_features(
+    ctx: Context, batch: np.ndarray, config: TrainConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """The batch's side-feature codes, all unknown (0) in a feature_dropout share of episodes.
+    The service adapts users from their events alone, which carry no side features: a
+    start trained only with them is off-centre without them."""
+    features = ctx.features[batch]
+    if config.feature_dropout:
+        features = features * (rng.random(len(batch)) >= config.feature_dropout)[:, None]
+    return features
 
 
 def query_loss(model: ColdStartModel, users: torch.Tensor, query: Query) -> torch.Tensor:

@@ -59,6 +59,19 @@ def test_the_last_step_is_validated_when_eval_every_does_not_divide_the_run(ctx)
     assert [row["step"] for row in summary["history"]] == [0, 5, 7]
 
 
+def test_feature_dropout_hides_whole_users_side_features_in_that_share_of_episodes(ctx) -> None:
+    users = ctx.training_users()
+    known = ctx.features[users].any(1)
+    assert known.all()  # synthetic users all have side features
+    for share in (0.0, 0.5, 1.0):
+        config = TrainConfig(users_per_step=2000, feature_dropout=share)
+        support, _ = sample_episodes(ctx, users, config, np.random.default_rng(0))
+        hidden = ~support.user_features.bool().any(1)
+        # every code of a user or none: a hidden user looks like the service's
+        assert (support.user_features.bool().all(1) | hidden).all()
+        assert abs(hidden.float().mean().item() - share) < 0.04
+
+
 @pytest.fixture(scope="module")
 def untimed(ctx: Context) -> Context:
     """The same data with its time dropped: the protocol order becomes a seeded shuffle."""
