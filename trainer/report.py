@@ -47,7 +47,8 @@ def _gains(results: dict) -> list[str]:
     baselines = {n: m for n, m in methods.items() if not n.startswith(OURS)}  # not our variants
     for key, ours in methods[OURS].items():
         best = max((m[key]["ndcg@20"], n) for n, m in baselines.items())
-        cells.append(f"k={key}: {100 * (ours['ndcg@20'] / best[0] - 1):+.1f}% vs {best[1]}")
+        gain = f"{100 * (ours['ndcg@20'] / best[0] - 1):+.1f}%" if best[0] else "n/a"
+        cells.append(f"k={key}: {gain} vs {best[1]}")
     return ["", "coldstart NDCG@20 vs the best baseline: " + "; ".join(cells)]
 
 

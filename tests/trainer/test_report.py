@@ -34,3 +34,10 @@ def test_one_seed_has_no_spread_to_show(tmp_path: Path) -> None:
     write_markdown(_results([0], [162]), tmp_path / "r.md")
     text = (tmp_path / "r.md").read_text()
     assert "±" not in text and "| coldstart | 0.5500 |" in text
+
+
+def test_a_best_baseline_at_zero_has_no_relative_gain(tmp_path: Path) -> None:
+    results = _results([0], [162])
+    results["methods"]["popularity"]["3"]["ndcg@20"] = 0.0
+    write_markdown(results, tmp_path / "r.md")
+    assert "k=3: n/a vs popularity" in (tmp_path / "r.md").read_text()
