@@ -162,7 +162,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "support_sizes": args.support_sizes,
         "train_config": dataclasses.asdict(_config(TrainConfig, args)),
-        "validation": {k: summary[k] for k in ("valid_ndcg@20", "best_step", "calibration")},
+        "validation": {
+            k: summary[k]
+            for k in ("valid_ndcg@20", "valid_ndcg@20_as_served", "best_step", "calibration")
+        },
         "training": {"device": str(device), "seconds": round(time.perf_counter() - started, 1)},
     }
     manifest = artifact.save(model, data, args.out, extra)

@@ -93,14 +93,10 @@ class ColdStartAsServed:
         pass
 
     def scores(self, support) -> torch.Tensor:
-        return self.fitted.scores(_without_features(support))
+        return self.fitted.scores(support.without_features())
 
     def ratings(self, support) -> torch.Tensor | None:
-        return self.fitted.ratings(_without_features(support))
-
-
-def _without_features(support):
-    return dataclasses.replace(support, user_features=torch.zeros_like(support.user_features))
+        return self.fitted.ratings(support.without_features())
 
 
 def _rating_metrics(method, ctx: Context, users: np.ndarray, ks: np.ndarray) -> dict:

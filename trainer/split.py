@@ -9,7 +9,7 @@ when the data has no time); the first k form the support set, the rest the query
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -55,6 +55,11 @@ class Support:
 
     def to(self, device: torch.device | str) -> Support:
         return Support(*(t.to(device) for t in vars(self).values()))
+
+    def without_features(self) -> Support:
+        """The same support sets with every side feature unknown: how the service adapts a
+        user, from events that carry none."""
+        return replace(self, user_features=torch.zeros_like(self.user_features))
 
     def events(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(row, item) of every real support event: pads (item 0) left out, as a real

@@ -242,8 +242,11 @@ def meta_train(
     model.load_state_dict(best[2])
     calibration = calibrate_step(model, ctx) if config.calibrate else None
     seconds = time.perf_counter() - started
+    score = score_fn(model)  # and as the service adapts, for the manifest: no side features
+    as_served = validation_ndcg(lambda support: score(support.without_features()), ctx)
     return model, {
         "valid_ndcg@20": calibration["valid_ndcg@20"] if calibration else best[0],
+        "valid_ndcg@20_as_served": as_served,
         "calibration": calibration,
         "best_step": best[1],
         "steps": step,

@@ -19,6 +19,7 @@ def test_train_then_evaluate_beats_popularity(tmp_path: Path, capsys) -> None:
     assert main([*train, "--meta-steps", "120", "--eval-every", "40", "--dim", "16"]) == 0
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["seed"] == 0 and manifest["validation"]["valid_ndcg@20"] > 0
+    assert 0 < manifest["validation"]["valid_ndcg@20_as_served"] < 1
     evaluate = ["evaluate", "--data", str(data), "--out", str(out), "--model", str(model)]
     assert main([*evaluate, "--support-sizes", "0,3,10"]) == 0
     results = json.loads((out / "results.json").read_text(), parse_constant=_not_json)
