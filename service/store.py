@@ -291,11 +291,12 @@ class UserStore:
                 pipe.execute_command("EVAL", _CAS_SCRIPT, 1, key, *args)
             else:
                 self._cas(keys=[key], args=args, client=pipe)
-        replies = pipe.execute(raise_on_error=False)
-        for record, reply in zip(records, replies, strict=True):
+        applied = set()
+        for record, reply in zip(records, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(reply, Exception):
                 raise _reply_error(record.user_id, reply)
-        applied = {r.user_id for r, reply in zip(records, replies, strict=True) if reply == 1}
+            if reply == 1:
+                applied.add(record.user_id)
         if len(applied) < len(records):
             logger.info(
                 "%s of %s user writes were not newer", len(records) - len(applied), len(records)

@@ -129,7 +129,7 @@ def _episode_features(
     The service adapts users from their events alone, which carry no side features: a
     start trained only with them is off-centre without them."""
     features = ctx.features[batch]
-    if config.feature_dropout:
+    if config.feature_dropout:  # no draw at 0: the episodes of a run without it stay as they were
         features = features * (rng.random(len(batch)) >= config.feature_dropout)[:, None]
     return features
 
