@@ -61,7 +61,10 @@ class ServingModel:
             # Detached: the serving path must never build an autograd graph.
             self.tables = ItemTables(*(t.detach() for t in vars(model.item_tables()).values()))
             self.rule = model.rule()
-            self.prior = model.initial_users(torch.zeros(1, len(self._codes), dtype=torch.long))[0]
+            # detach(): without feature tables the prior is a view of the parameter itself,
+            # which no_grad leaves requiring grad (and .numpy() refuses).
+            codes = torch.zeros(1, len(self._codes), dtype=torch.long)
+            self.prior = model.initial_users(codes)[0].detach()
         self._model = model
         # Scoring one user is a handful of small ops. numpy's keep the GIL, where each torch
         # op hands it back and forth between the server's threads, so the read path scores

@@ -39,3 +39,14 @@ def test_the_service_adapts_a_user_as_the_evaluation_scores_coldstart_as_served(
     in_service = served.scores(served.adapt([history])[0].numpy())
     np.testing.assert_allclose(in_service, as_served, rtol=1e-5, atol=1e-5)
     assert not np.allclose(in_service, with_features, atol=1e-3)  # the features did matter
+
+
+def test_a_model_trained_without_user_features_serves_cold_and_adapted_users(
+    tmp_path: Path,
+) -> None:
+    served = ServingModel(artifact.load(write_tiny_model(tmp_path, user_features=False)))
+    cold = served.cold_vector({})
+    assert cold.shape == (served.dim,) and np.isfinite(cold).all()
+    adapted = served.adapt([[(3, 4.0), (7, None)]])[0].numpy()
+    assert np.isfinite(served.scores(adapted)).all()
+    assert not np.allclose(adapted, cold)  # the events moved the user from the prior
