@@ -15,7 +15,7 @@ from pathlib import Path
 
 from trainer.allocator import keep_large_blocks
 from trainer.cli import add_commands as add_trainer_commands
-from trainer.cli import seed_flag
+from trainer.cli import add_format_flag, seed_flag
 from trainer.errors import ColdstartError
 
 
@@ -28,6 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from service.replay import replay
+    from service.settings import bootstrap_problems, topic_problems
 
     bootstrap = args.kafka_bootstrap or os.environ.get("COLDSTART_KAFKA_BOOTSTRAP")
     if not bootstrap:
@@ -39,8 +40,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise ColdstartError(f"--rate must be a positive number of events/s, got {args.rate}")
     if args.users is not None and args.users < 1:
         raise ColdstartError(f"--users must be at least 1, got {args.users}")
-    topic = args.topic or os.environ.get("COLDSTART_TOPIC") or "coldstart.events"
-    result = replay(args.data, bootstrap, topic, args.users, args.rate, args.seed)
+    topic = args.topic if args.topic is not None else os.environ.get("COLDSTART_TOPIC")
+    topic = "coldstart.events" if topic is None else topic
+    _refuse("--kafka-bootstrap", bootstrap_problems(bootstrap))
+    _refuse("--topic", topic_problems(topic))
+    result = replay(args.data, bootstrap, topic, args.users, args.rate, args.seed, args.format)
     print(
         f"replayed {result.events} events of {result.users} test users to {topic} at "
         f"{bootstrap} in {result.seconds:.1f} s ({result.events_per_s:.0f} events/s)"
@@ -50,11 +54,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from service.demo import DemoOptions, run_demo
+    from service.settings import port_problems
 
+    if args.meta_steps < 1:
+        raise ColdstartError(f"--meta-steps must be at least 1, got {args.meta_steps}")
+    if args.replay_users < 0:
+        raise ColdstartError(f"--replay-users must be 0 or more, got {args.replay_users}")
+    _refuse("--grpc-port", port_problems(args.grpc_port))
+    _refuse("--metrics-port", port_problems(args.metrics_port))
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
     options = DemoOptions(
         data=args.data,
+        data_format=args.format,
         seed=args.seed,
         meta_steps=args.meta_steps,
         replay_users=args.replay_users,
@@ -64,6 +76,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     run_demo(options)
     return 0
+
+
+def _refuse(flag: str, problems: list[str]) -> None:
+    """Checked before anything starts: a bad flag is one line, not a traceback later."""
+    if problems:
+        raise ColdstartError(f"{flag}: {'; '.join(problems)}")
 
 
 def add_service_commands(commands: argparse._SubParsersAction) -> None:
@@ -81,6 +99,7 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
         "replay", help="produce a data set's test users' events to the topic, in protocol order"
     )
     replay.add_argument("--data", required=True, type=Path, help="data set directory")
+    add_format_flag(replay)
     replay.add_argument("--users", type=int, help="first N test users (default: all)")
     replay.add_argument("--rate", type=float, help="events/s (default: as fast as possible)")
     replay.add_argument("--kafka-bootstrap", help="host:port (env COLDSTART_KAFKA_BOOTSTRAP)")
@@ -92,6 +111,7 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
         "demo", help="the tour: data, quick training, local stack, service, one cold user"
     )
     demo.add_argument("--data", type=Path, help="data set directory (default: synthetic)")
+    add_format_flag(demo)
     demo.add_argument("--seed", type=seed_flag, default=0)
     demo.add_argument("--meta-steps", type=int, default=60, help="quick-training outer steps")
     demo.add_argument("--replay-users", type=int, default=30, help="test users replayed at the end")

@@ -50,6 +50,7 @@ ADAPT_TIMEOUT_S = 30.0  # waiting for an event to reach the user's state
 @dataclass
 class DemoOptions:
     data: Path | None = None  # a data set directory; None: synthetic data
+    data_format: str | None = None  # its layout, as load_dataset's fmt; None: detected
     users: int = 600  # synthetic users
     items: int = 300  # synthetic items
     seed: int = 0  # data, split and training seed
@@ -70,7 +71,7 @@ def run_demo(options: DemoOptions) -> None:
     with tempfile.TemporaryDirectory(prefix="coldstart-demo-") as scratch:
         root = Path(scratch)
         data_dir = options.data or _synthesize(root / "data", options)
-        data = load_dataset(data_dir)
+        data = load_dataset(data_dir, options.data_format)
         model_dir = _train(data, root / "model", options)
         settings = Settings(
             model=model_dir,

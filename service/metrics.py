@@ -254,6 +254,12 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> WSGIServer:
         """Start the /metrics HTTP endpoint in a daemon thread; port 0 picks a free one."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as error:  # each replica on one machine needs its own port
+            raise OSError(
+                f"cannot serve metrics on {host}:{port} (--metrics-host / --metrics-port): "
+                f"{error.strerror or error}"
+            ) from None
         logger.info("metrics at http://%s:%s/metrics", host, server.server_port)
         return server

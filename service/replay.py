@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from service.events import Event
 from service.store import now_ms
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 class ReplayError(ColdstartError):
-    """Some events were not acknowledged by the broker."""
+    """No broker answered at the bootstrap address, or some events were not acknowledged."""
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,18 @@ def replay(
     users: int | None = None,
     rate: float | None = None,
     seed: int = 0,
+    data_format: str | None = None,
 ) -> ReplayResult:
     """Produce the test users' interactions (the first `users` of them; all when None) as
     JSON events keyed by user id, at about `rate` events/s (as fast as possible when None)."""
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be positive, got {rate}")
-    data = load_dataset(data_dir)
+    data = load_dataset(data_dir, data_format)
     chosen, order = replay_order(data, seed, users)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    try:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    except KafkaError as error:  # no broker answered at bootstrap: nothing was sent
+        raise ReplayError(f"cannot reach Kafka at {bootstrap}: {error}") from None
     failures: list[Exception] = []  # filled on the producer's thread as sends fail
     started = time.perf_counter()
     try:

@@ -230,17 +230,15 @@ def validate(settings: Settings) -> list[str]:
     problems: list[tuple[str, str]] = []
     problems += _model_problems(settings.model)
     for name in ("grpc_port", "metrics_port"):
-        port = getattr(settings, name)
-        if not 0 <= port <= 65535:
-            problems.append((name, f"{port} is not a TCP port (1..65535, or 0 for any free port)"))
+        problems += [(name, p) for p in port_problems(getattr(settings, name))]
     if settings.grpc_port and settings.grpc_port == settings.metrics_port:
         problems.append(("metrics_port", f"{settings.metrics_port} is also the gRPC port"))
     if settings.kafka_bootstrap is not None:
-        problems += [("kafka_bootstrap", p) for p in _bootstrap_problems(settings.kafka_bootstrap)]
+        problems += [("kafka_bootstrap", p) for p in bootstrap_problems(settings.kafka_bootstrap)]
     if settings.redis_url is not None:
         problems += [("redis_url", p) for p in _redis_url_problems(settings.redis_url)]
     for name in ("topic", "consumer_group"):
-        problems += [(name, p) for p in _topic_problems(getattr(settings, name))]
+        problems += [(name, p) for p in topic_problems(getattr(settings, name))]
     for name, low in (
         ("topic_partitions", 1),
         ("history_limit", 1),
@@ -309,7 +307,13 @@ def _model_problems(model: Path) -> list[tuple[str, str]]:
     return []
 
 
-def _bootstrap_problems(bootstrap: str) -> list[str]:
+def port_problems(port: int) -> list[str]:
+    if not 0 <= port <= 65535:
+        return [f"{port} is not a TCP port (1..65535, or 0 for any free port)"]
+    return []
+
+
+def bootstrap_problems(bootstrap: str) -> list[str]:
     servers = [s.strip() for s in bootstrap.split(",")]
     if not all(servers):
         return [f"{bootstrap!r} is not a comma-separated list of host:port"]
@@ -342,7 +346,7 @@ def _redis_url_problems(url: str) -> list[str]:
     return []
 
 
-def _topic_problems(name: str) -> list[str]:
+def topic_problems(name: str) -> list[str]:
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
     if not name:
         return ["must not be empty"]

@@ -118,9 +118,13 @@ def _config(config_class: type, args: argparse.Namespace):
         raise ColdstartError(f"bad setting: {error}") from None
 
 
+def add_format_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS, help="force a layout instead of detecting it")
+
+
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="data set directory")
-    parser.add_argument("--format", choices=FORMATS, help="force a layout instead of detecting it")
+    add_format_flag(parser)
     parser.add_argument(
         "--device",
         default="auto",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -91,7 +92,7 @@ def running(
     **limits: int,
 ) -> Iterator[Running]:
     """A started server (its sink: the stack's broker unless given); `limits` are
-    start_server's max_concurrent_rpcs and max_message_bytes."""
+    start_server's port (0 unless given), max_concurrent_rpcs and max_message_bytes."""
     metrics = Metrics()
     store = UserStore(serving_redis(redis_url, timeout_s=0.25))
     sink = sink or KafkaEventSink(stack.kafka_bootstrap, TOPIC)
@@ -100,15 +101,17 @@ def running(
         Ingestor(model.item_index, sink, metrics, max_events, max_streams),
         metrics,
     )
-    server = start_server(servicer, host="127.0.0.1", port=0, workers=4, **limits)
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     try:
-        yield Running(
-            recommender_pb2_grpc.RecommenderStub(channel), channel, server, metrics, store
-        )
+        server = start_server(servicer, host="127.0.0.1", workers=4, **limits)
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        try:
+            yield Running(
+                recommender_pb2_grpc.RecommenderStub(channel), channel, server, metrics, store
+            )
+        finally:
+            channel.close()
+            server.stop(0.5)
     finally:
-        channel.close()
-        server.stop(0.5)
         sink.close()
         store.close()
 
@@ -675,3 +678,16 @@ def test_concurrent_first_ingest_calls_share_one_producer(monkeypatch: pytest.Mo
     assert most_running[0] > 1
     assert len(got) == 4 and all(producer is got[0] for producer in got)
     assert got[0] not in closed and len(closed) == len(created) - 1
+
+
+def test_a_port_another_program_holds_is_an_error_naming_the_flags(
+    model: ServingModel, stack: LocalStack
+) -> None:
+    """(Replicas share a port through SO_REUSEPORT; a program without it blocks the port.)"""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        flags = f"127.0.0.1:{port} \\(--grpc-host / --grpc-port\\)"
+        with pytest.raises(OSError, match=flags), running(model, stack, stack.redis_url, port=port):
+            pass
