@@ -168,6 +168,10 @@ def version_of(model_dir: str | Path) -> str:
     return version
 
 
+def _named(kind: type) -> str:
+    return ("an " if kind.__name__[0] in "aeiou" else "a ") + kind.__name__
+
+
 def _read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
@@ -182,16 +186,16 @@ def _read_manifest(path: Path) -> dict:
     missing = [key for key in _REQUIRED if key not in manifest]
     if missing:
         raise ArtifactError(f"{path}: manifest lacks {', '.join(missing)}")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(manifest[key], kind):
+            raise ArtifactError(
+                f"{path}: {key} is {_named(type(manifest[key]))}, not {_named(kind)}"
+            )
     if manifest["format_version"] != FORMAT_VERSION:
         raise ArtifactError(
             f"{path}: format version {manifest['format_version']!r}, "
             f"this coldstart reads {FORMAT_VERSION}"
         )
-    for key, kind in _REQUIRED.items():
-        if not isinstance(manifest[key], kind):
-            raise ArtifactError(
-                f"{path}: {key} is a {type(manifest[key]).__name__}, not a {kind.__name__}"
-            )
     seed = manifest["seed"]
     if isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise ArtifactError(f"{path}: seed {seed!r} is not an integer from 0 to {MAX_SEED}")

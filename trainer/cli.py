@@ -149,6 +149,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     _refuse_file(args.out)
+    model_config, train_config = _config(ModelConfig, args), _config(TrainConfig, args)
     device = resolve_device(args.device)
     data = load_dataset(args.data, args.format)
     ctx = make_context(data, args.seed, args.support_sizes, device)
@@ -161,11 +162,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         device,
     )
     started = time.perf_counter()
-    model, summary = meta_train(ctx, _config(ModelConfig, args), _config(TrainConfig, args))
+    model, summary = meta_train(ctx, model_config, train_config)
     extra = {
         "seed": args.seed,
         "support_sizes": args.support_sizes,
-        "train_config": dataclasses.asdict(_config(TrainConfig, args)),
+        "train_config": dataclasses.asdict(train_config),
         "validation": {
             k: summary[k]
             for k in ("valid_ndcg@20", "valid_ndcg@20_as_served", "best_step", "calibration")
@@ -187,10 +188,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     _refuse_file(args.out)
+    model_config, train_config = _config(ModelConfig, args), _config(TrainConfig, args)
     device = resolve_device(args.device)
     data = load_dataset(args.data, args.format)
     loaded = artifact.load(args.model) if args.model else None
-    seeds, model_config = args.seeds or DEFAULT_SEEDS, _config(ModelConfig, args)
+    seeds = args.seeds or DEFAULT_SEEDS
     if loaded is not None:
         _refuse_config_flags(args)
         _require_same_data(loaded, data)
@@ -202,7 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         protocol=args.protocol,
         device=device,
         model_config=model_config,
-        train_config=_config(TrainConfig, args),
+        train_config=train_config,
     )
     _out_dir(args.out)
     run_evaluation(data, args.out, options, loaded)

@@ -389,9 +389,20 @@ def _optional_years(table: _Table, values: list[str]) -> list[int | None]:
     return [None if b else int(y) for y, b in zip(parsed, blank, strict=True)]
 
 
+_CSV_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+
+
 def _csv_interactions(path: Path) -> tuple[_Table, _Columns]:
     table = _read_table(path, ",", _UTF8)
     users, items = (_stripped(ids) for ids in table.require("user_id", "item_id"))
+    ignored = [name for name in table.header if name not in _CSV_COLUMNS]
+    if ignored:  # a time column named "ts" would otherwise drop time order without a word
+        log.warning(
+            "%s: ignoring column %s; the columns read are %s",
+            path,
+            ", ".join(map(repr, ignored)),
+            ", ".join(_CSV_COLUMNS),
+        )
     return table, (users, items, table.named("rating"), table.named("timestamp"))
 
 

@@ -34,6 +34,11 @@ from trainer.split import Sequences, Support, positions_after, support_batch
 log = logging.getLogger(__name__)
 
 
+# Each outer step holds a few (users_per_step, catalogue) tensors: 16,384 users of ml-1m's
+# 3,706 items are 240 MB each; a million would ask for tens of GB and fail mid-allocation.
+MAX_USERS_PER_STEP = 16384
+
+
 @dataclass
 class TrainConfig:
     meta_steps: int = 3000  # outer steps at most
@@ -64,6 +69,10 @@ class TrainConfig:
         )
         if self.feature_dropout > 1:
             raise ValueError(f"feature_dropout must be <= 1, got {self.feature_dropout}")
+        if self.users_per_step > MAX_USERS_PER_STEP:
+            raise ValueError(
+                f"users_per_step must be <= {MAX_USERS_PER_STEP}, got {self.users_per_step}"
+            )
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,7 @@ def test_an_edited_manifest_no_longer_matches_its_version(saved, tmp_path: Path,
     ("edit", "message"),
     [
         (lambda m: m.update(format_version=99), "format version 99"),
+        (lambda m: m.update(format_version="4"), "format_version is a str, not an int"),
         (lambda m: m["item_ids"].append("extra"), "shape"),
         (lambda m: m["model_config"].update(dim=16), "shape"),
         (lambda m: m["model_config"].update(dim=1000), "shape"),

@@ -109,6 +109,24 @@ def test_impossible_settings_are_one_line_with_exit_code_2(
     assert message in error and "\n" not in error
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dim", "0"], "bad setting: dim must be > 0, got 0"),
+        (["--users-per-step", "100000000"], "bad setting: users_per_step must be <= 16384"),
+    ],
+)
+def test_a_bad_setting_is_refused_before_the_data_is_read(
+    tmp_path: Path, capsys, command: str, flags: list[str], message: str
+) -> None:
+    """The data set may take minutes to load: a typo in a flag must not wait for it."""
+    absent = tmp_path / "not-there"
+    assert main([command, "--data", str(absent), "--out", str(tmp_path / "o"), *flags]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"coldstart: error: {message}") and "\n" not in error
+
+
 def test_a_path_of_the_wrong_kind_is_one_line_with_exit_code_2(tmp_path: Path, capsys) -> None:
     (tmp_path / "a_file").write_text("")
     assert main(["synth", "--out", str(tmp_path / "a_file")]) == 2

@@ -184,6 +184,16 @@ def test_csv_implicit_without_side_files(tmp_path: Path) -> None:
     assert data.n_users == 1 and data.n_items == 2
 
 
+def test_a_csv_column_the_loader_does_not_read_is_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = "user_id,item_id,ts\n1,2,100\n1,3,50\n"
+    with caplog.at_level(logging.WARNING, logger="trainer.data"):
+        data = load_dataset(write(tmp_path, {"interactions.csv": rows}))
+    assert data.timestamps is None  # "ts" is not "timestamp": the user must hear of it
+    assert "interactions.csv: ignoring column 'ts'; the columns read are user_id" in caplog.text
+
+
 def test_repeated_user_item_pair_keeps_the_earliest(tmp_path: Path) -> None:
     rows = "user_id,item_id,rating,timestamp\n1,a,2,30\n1,b,4,20\n1,a,5,10\n2,a,1,40\n"
     data = load_dataset(write(tmp_path, {"interactions.csv": rows}))
