@@ -54,7 +54,9 @@ def test_replay_and_demo_take_a_format(tmp_path: Path, capsys: pytest.CaptureFix
     """The loaders' 'pass --format to choose' must name a flag these commands have."""
     given = ["replay", "--data", str(tmp_path), "--format", "ml-1m", "--kafka-bootstrap", "h:1"]
     assert main(given) == 2
-    assert "ml-1m" in capsys.readouterr().err  # the forced layout's own complaint: no files
+    assert "ml-1m directory" in capsys.readouterr().err  # the forced layout's complaint
+    assert main(["demo", "--data", str(tmp_path), "--format", "ml-1m"]) == 2
+    assert "ml-1m directory" in capsys.readouterr().err
 
 
 def test_a_replay_with_no_broker_is_a_replay_error(
