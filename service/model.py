@@ -19,7 +19,7 @@ import torch
 
 from service.history import History, HistoryError, Interaction, decode_entry
 from service.store import UserRecord
-from trainer.adapt import ItemTables, inner_loop
+from trainer.adapt import inner_loop
 from trainer.artifact import Artifact
 from trainer.errors import ColdstartError
 from trainer.split import Support
@@ -48,7 +48,9 @@ READAPTED_CACHE = 2**14
 
 class ServingModel:
     def __init__(self, artifact: Artifact) -> None:
-        model = artifact.model.eval()
+        # Inference only: with no parameter requiring grad, nothing derived from the model
+        # (tables, rule, prior, any start) builds an autograd graph or refuses .numpy().
+        model = artifact.model.eval().requires_grad_(False)
         self.version = artifact.version
         self.item_ids: list[str] = artifact.item_ids
         self.item_index = {item_id: i for i, item_id in enumerate(self.item_ids)}
@@ -57,14 +59,9 @@ class ServingModel:
             {value: code for code, value in enumerate(values)}
             for values in artifact.manifest["user_features"].values()
         ]
-        with torch.no_grad():
-            # Detached: the serving path must never build an autograd graph.
-            self.tables = ItemTables(*(t.detach() for t in vars(model.item_tables()).values()))
-            self.rule = model.rule()
-            # detach(): without feature tables the prior is a view of the parameter itself,
-            # which no_grad leaves requiring grad (and .numpy() refuses).
-            codes = torch.zeros(1, len(self._codes), dtype=torch.long)
-            self.prior = model.initial_users(codes)[0].detach()
+        self.tables = model.item_tables()
+        self.rule = model.rule()
+        self.prior = model.initial_users(torch.zeros(1, len(self._codes), dtype=torch.long))[0]
         self._model = model
         # Scoring one user is a handful of small ops. numpy's keep the GIL, where each torch
         # op hands it back and forth between the server's threads, so the read path scores
