@@ -5,8 +5,8 @@ PARTITIONS partitions, an ml-1m-sized model (built, not trained: see
 benchmarks/common.py; `--model DIR` for a trained one; its inner steps are
 reported), and USERS users already in Redis with HISTORY-event histories, so
 each event re-adapts a user over a full bounded history (the steady state).
-The consumer is the service's own `EventConsumer` with its `python -m
-service.stream` settings (torch threads 1, MAX_RECORDS records per poll), in its
+The consumer is the service's own `EventConsumer` with `coldstart serve`'s
+settings (torch threads 1, MAX_RECORDS records per poll), in its
 own process, with an observer that reports applied events after every poll and
 keeps the freshness it is told (event ts to the state's write, as the
 Prometheus histogram sees it). `--consumers N` runs N of them in one group, so
@@ -60,10 +60,12 @@ from kafka import KafkaProducer
 
 from service import heap
 from service.events import Event
+from service.kafka_consumer import ConsumerConfig, EventConsumer
 from service.localstack import LocalStack
 from service.model import ServingModel
-from service.store import UserStore, now_ms
-from service.stream import ConsumerConfig, EventConsumer, NoopObserver
+from service.observer import StreamObserver
+from service.state import now_ms
+from service.store import UserStore
 from service.topics import create_topic
 from trainer import artifact
 from trainer.allocator import keep_large_blocks
@@ -75,7 +77,7 @@ GROUP = "coldstart-bench"
 # --- the consumer process --------------------------------------------------------------------
 
 
-class Recording(NoopObserver):
+class Recording(StreamObserver):
     """Counts applied events and keeps every freshness sample, in applying order."""
 
     def __init__(self) -> None:
@@ -112,9 +114,10 @@ class ReportingConsumer(EventConsumer):
 
 
 def run_consumer(args: argparse.Namespace) -> None:
-    """`python -m service.stream`, plus the recording observer; dumps it to --out on SIGTERM."""
+    """The consumer as `coldstart serve` runs it, plus the recording observer; dumps it to
+    --out on SIGTERM."""
     torch.set_num_threads(args.torch_threads)
-    keep_large_blocks()  # as python -m service.stream does
+    keep_large_blocks()  # as coldstart serve does
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
@@ -125,7 +128,7 @@ def run_consumer(args: argparse.Namespace) -> None:
     consumer = ReportingConsumer(
         model, store, config, recording, stopping=stopping, recording=recording
     )
-    heap.settle()  # as python -m service.stream does
+    heap.settle()  # as coldstart serve does
     consumer.run()
     summary = {
         "applied": recording.applied,
@@ -355,7 +358,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4, help="the service's default")
     parser.add_argument("--max-records", type=int, default=500, help="records per poll")
     parser.add_argument("--consumers", type=int, default=1, help="consumer processes, one group")
-    parser.add_argument("--torch-threads", type=int, default=1, help="service.stream's default")
+    parser.add_argument("--torch-threads", type=int, default=1, help="coldstart serve's setting")
     parser.add_argument("--warmup", type=int, default=2000, help="events before measuring")
     parser.add_argument("--events", type=int, default=50_000, help="throughput phase")
     parser.add_argument("--rate", type=float, default=1000.0, help="freshness phase, events/s")

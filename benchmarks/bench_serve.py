@@ -72,7 +72,7 @@ TOPIC = "coldstart.bench.serve"
 WORKERS, MAX_CONCURRENT_RPCS, REDIS_TIMEOUT_S = 4, 256, 0.25  # the service's defaults
 CALL_TIMEOUT_S = 5.0
 CHANNELS = 8  # client connections per server; calls take them in turn
-SERVING_LINE = "health, reflection on"  # service.server.start_server logs it once started
+SERVING_LINE = "health, reflection on"  # service.grpc_server.start_server logs it once started
 SERVE = "import sys; from service.cli import main; sys.exit(main())"  # `coldstart serve ...`
 
 

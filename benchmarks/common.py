@@ -27,7 +27,8 @@ import torch
 import service
 from service.history import History, HistoryEntry
 from service.model import ServingModel
-from service.store import UserRecord, UserStore, now_ms
+from service.state import UserRecord, now_ms
+from service.store import UserStore
 from trainer import artifact
 from trainer.data import load_dataset
 from trainer.episodes import make_context

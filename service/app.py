@@ -28,21 +28,18 @@ from redis.retry import Retry
 
 from service import heap
 from service.connections import kafka_options, redis_client
+from service.grpc_server import GrpcServer, start_server
+from service.ingest import Ingestor
+from service.kafka_consumer import ConsumerConfig, EventConsumer
+from service.kafka_producer import KafkaEventSink
 from service.localstack import LocalStack
 from service.metrics import Metrics
 from service.model import ServingModel
+from service.recommend import Recommender
 from service.reload import ModelReloader
-from service.server import (
-    GrpcServer,
-    Ingestor,
-    KafkaEventSink,
-    Recommender,
-    RecommenderServicer,
-    start_server,
-)
+from service.servicer import RecommenderServicer
 from service.settings import Settings
 from service.store import UserStore
-from service.stream import ConsumerConfig, EventConsumer
 from service.topics import create_topic
 from trainer import artifact
 

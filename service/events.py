@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from trainer.errors import ColdstartError
+from service.errors import InvalidEvent
 
 FIELDS = ("event_id", "user_id", "item_id", "type", "value", "ts")
 EVENT_TYPES = ("view", "click", "rating", "purchase")
@@ -49,15 +49,6 @@ KEY_MISMATCH = "key_mismatch"  # a Kafka record whose key is not its event's use
 REASONS = (EMPTY, TOO_LARGE, BAD_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, BAD_ID)
 REASONS += (UNKNOWN_TYPE, BAD_VALUE, BAD_TS, UNKNOWN_ITEM, UNREADABLE_STATE, UNDECODABLE)
 REASONS += (KEY_MISMATCH,)
-
-
-class InvalidEvent(ColdstartError):
-    """A record that is not a valid event: `reason` is a code of REASONS, the message says why."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason  # one of REASONS
-        self.message = message  # what is wrong, for a person
 
 
 @dataclass(frozen=True)

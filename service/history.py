@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple, overload
 
-from trainer.errors import ColdstartError
+from service.errors import HistoryError
 
 _RECORD_SEP, _UNIT_SEP = "\x1e", "\x1f"
 
@@ -28,10 +28,6 @@ _RECORD_SEP, _UNIT_SEP = "\x1e", "\x1f"
 # rating of a rating event or None). A plain tuple: the consumer builds fifty per touched
 # user, and a NamedTuple's constructor costs nine times a tuple display.
 Interaction = tuple[int, float | None]
-
-
-class HistoryError(ColdstartError):
-    """A stored history entry cannot be read."""
 
 
 class HistoryEntry(NamedTuple):

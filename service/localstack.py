@@ -60,15 +60,11 @@ import redis
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from trainer.errors import ColdstartError
+from service.errors import LocalStackError
 
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-
-
-class LocalStackError(ColdstartError):
-    """A local-stack engine is not installed, did not start, or did not answer in time."""
 
 
 def packaged_binary(package: str, relative: str) -> Path:

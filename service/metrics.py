@@ -11,8 +11,8 @@ counters only. Label values are bounded: gRPC method and status names, the
 three response kinds, a fixed set of dead-letter and rejection reasons, and
 partition numbers.
 
-`Metrics` is also the consumer's observer (service/stream.py calls its `on_*`
-methods), so the stream module never imports prometheus_client.
+`Metrics` is also the event path's observer (`service.observer.StreamObserver`: the
+applier and the consumer call its `on_*` methods), so neither imports prometheus_client.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
+
+from service.observer import StreamObserver
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +74,8 @@ def reason_label(reason: str) -> str:
     return words[:MAX_REASON_LENGTH].rstrip("_") or "unknown"
 
 
-class Metrics:
-    """The service's metrics on a private registry; the consumer's observer as well."""
+class Metrics(StreamObserver):
+    """The service's metrics on a private registry; the event path's observer as well."""
 
     def __init__(self, *, process: bool = False) -> None:
         self.registry = CollectorRegistry()
@@ -200,7 +202,7 @@ class Metrics:
     def on_rejected(self, reason: str) -> None:
         self.events_rejected.labels(reason_label(reason)).inc()
 
-    # --- the consumer's observer (service/stream.py) -------------------------------------
+    # --- the event path's observer (service/applier.py, service/kafka_consumer.py) ---------
 
     def on_consumed(self, n: int) -> None:
         self.events_consumed.inc(n)

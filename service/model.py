@@ -1,11 +1,11 @@
 """The trained model as the service uses it: id maps, batched adaptation, top-k.
 
 The service never re-implements the adaptation: it is the trainer's own
-`inner_loop`, started from the model's own initialisation. Scoring one user is
-u . v_i + b_i on numpy views of the same item tables (see `ServingModel.__init__`
-for why not torch); the consumer's batched scoring is `trainer.adapt.scores`.
-Otherwise this module only translates between the raw ids and feature values of
-the outside world and the model's tensor indices.
+`inner_loop`, started from the model's own initialisation. Scoring is one path,
+`top_k`: u . v_i + b_i on numpy views of the same item tables (see
+`ServingModel.__init__` for why not torch), for Recommend and for the consumer's
+online hit rate alike. Otherwise this module only translates between the raw ids
+and feature values of the outside world and the model's tensor indices.
 """
 
 from __future__ import annotations
@@ -17,17 +17,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from service.history import History, HistoryError, Interaction, decode_entry
-from service.store import UserRecord
+from service.errors import HistoryError, UnknownFeatureError
+from service.history import History, Interaction, decode_entry
+from service.state import UserRecord
 from trainer.adapt import inner_loop
 from trainer.artifact import Artifact
-from trainer.errors import ColdstartError
 from trainer.split import Support
-
-
-class UnknownFeatureError(ColdstartError):
-    """A request named a side feature the model does not know."""
-
 
 NAMED_FEATURES = 5  # unknown feature names an error message lists
 

@@ -20,17 +20,13 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from service.errors import ReplayError
 from service.events import Event
-from service.store import now_ms
+from service.state import now_ms
 from trainer.data import Dataset, load_dataset
-from trainer.errors import ColdstartError
 from trainer.split import protocol_order, split_users
 
 logger = logging.getLogger(__name__)
-
-
-class ReplayError(ColdstartError):
-    """No broker answered at the bootstrap address, or some events were not acknowledged."""
 
 
 @dataclass(frozen=True)

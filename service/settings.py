@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from trainer.errors import ColdstartError
+from service.errors import SettingsError
 
 ENV_PREFIX = "COLDSTART_"
 FILE_SUFFIX = "_FILE"
@@ -35,10 +35,6 @@ KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SECRETS = ("redis_password", "kafka_sasl_password")
 MASK = "***"
-
-
-class SettingsError(ColdstartError):
-    """One or more settings are invalid; the message names each one and why."""
 
 
 @dataclass(frozen=True)

@@ -20,24 +20,26 @@ Why this shape (DESIGN.md, User state in Redis):
 
 Encodings are compact but plain: the history as `service.history` writes it;
 the watermark is "topic:partition:offset" triples joined by commas (Kafka topic
-names cannot hold ':' or ','). Records written before the marks named their
-topic hold "partition:offset" pairs; those decode under LEGACY_TOPIC.
+names cannot hold ':' or ',').
+
+Every Redis failure leaves this module as `StoreUnavailable`, so the code that decides
+what to do about one (serving degrades, the consumer retries) needs no redis import.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
+from service.errors import StoreError, StoreUnavailable
 from service.history import History
-from trainer.errors import ColdstartError
+from service.state import Source, UserRecord
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +50,12 @@ REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 KEY_PREFIX = "coldstart:user:"
 HISTORY_LIMIT = 50  # events kept per user, newest last
 
-Source = tuple[str, int]  # a Kafka topic and partition
-
 # Hash fields: one letter each, since field names are stored once per user.
 VECTOR, HISTORY, MODEL, STATE, WATERMARK, UPDATED = "v", "h", "m", "s", "w", "t"
 # Blob fields (vector, history, watermark) are split into fields of at most CHUNK bytes, so
 # that Redis keeps the whole hash in its compact ziplist/listpack encoding (values up to
 # hash-max-ziplist-value = 64 bytes by default): about half the memory of a hashtable.
 CHUNK = 64
-# The topic of a mark written before marks named their topic (see service.stream).
-LEGACY_TOPIC = ""
 
 # KEYS[1]: the user's hash. ARGV: the new state version, the TTL in seconds (0: none), the
 # chunk size, the number of blobs, (name, blob) pairs, then (field, value) pairs: what
@@ -94,32 +92,6 @@ return 1
 """
 
 
-class StoreError(ColdstartError):
-    """A stored user record cannot be decoded; the message names the user and the field."""
-
-    def __init__(self, user_id: str, message: str) -> None:
-        super().__init__(message)
-        self.user_id = user_id
-
-    @classmethod
-    def of(cls, user_id: str, error: Exception) -> StoreError:
-        detail = f"{type(error).__name__}: {error}"
-        return cls(user_id, f"user {user_id!r}: stored record is unreadable ({detail})")
-
-
-@dataclass(frozen=True)
-class UserRecord:
-    """Everything stored for one user."""
-
-    user_id: str
-    vector: np.ndarray  # (d,) float32 adapted user vector
-    history: History  # bounded, newest last
-    model_version: str  # the model the vector was adapted under
-    state_version: int  # grows by one with every write of this user
-    watermarks: Mapping[Source, int] = field(default_factory=dict)  # last applied offsets
-    updated_at_ms: int = 0  # when the record was written
-
-
 def user_key(user_id: str) -> str:
     """The user's hash key; `{user_id}` is the Redis Cluster hash tag."""
     return f"{KEY_PREFIX}{{{user_id}}}"
@@ -132,10 +104,8 @@ def encode_watermarks(watermarks: Mapping[Source, int]) -> bytes:
 def decode_watermarks(raw: bytes) -> dict[Source, int]:
     marks = {}
     for mark in raw.decode().split(",") if raw else []:
-        *topic, partition, offset = mark.split(":")
-        if len(topic) > 1:
-            raise ValueError(f"watermark {mark!r} is not topic:partition:offset")
-        marks[topic[0] if topic else LEGACY_TOPIC, int(partition)] = int(offset)
+        topic, partition, offset = mark.split(":")
+        marks[topic, int(partition)] = int(offset)
     return marks
 
 
@@ -210,22 +180,31 @@ def _joined(name: str, fields: Mapping[bytes, bytes]) -> bytes:
 def _reply_error(user_id: str, error: Exception) -> Exception:
     """WRONGTYPE (the user's key holds something other than a hash: another writer, a hand
     edit) is this user's unreadable record, a StoreError: the consumer sets their events
-    aside instead of retrying its batch forever. Any other error is Redis's own. (A script
-    reports WRONGTYPE inside its own error message on Redis before 7.)"""
+    aside instead of retrying its batch forever. Any other error is Redis's own trouble.
+    (A script reports WRONGTYPE inside its own error message on Redis before 7.)"""
     if isinstance(error, redis.ResponseError) and "WRONGTYPE" in str(error):
         return StoreError.of(user_id, error)
-    return error
+    return _unavailable(error)
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+def _unavailable(error: Exception) -> StoreUnavailable:
+    return StoreUnavailable(f"Redis: {type(error).__name__}: {error}")
+
+
+@contextmanager
+def _redis_calls() -> Iterator[None]:
+    """Any Redis failure inside, as StoreUnavailable (the original chained)."""
+    try:
+        yield
+    except REDIS_ERRORS as error:
+        raise _unavailable(error) from error
 
 
 class UserStore:
     """Reads and compare-and-set writes of user records over a redis-py client.
 
-    Redis errors (REDIS_ERRORS, e.g. ConnectionError) propagate: the
-    caller decides whether to degrade (serving) or retry (the consumer).
+    A Redis failure raises StoreUnavailable: the caller decides whether to degrade
+    (serving) or retry (the consumer).
     """
 
     def __init__(
@@ -253,8 +232,8 @@ class UserStore:
         """One user's record, or None when nothing is stored: one round trip."""
         try:
             fields = self.client.hgetall(user_key(user_id))
-        except redis.ResponseError as error:
-            raise _reply_error(user_id, error) from None
+        except REDIS_ERRORS as error:
+            raise _reply_error(user_id, error) from error
         return decode_record(user_id, fields) if fields else None
 
     def get_many(self, user_ids: Iterable[str]) -> dict[str, UserRecord]:
@@ -263,7 +242,8 @@ class UserStore:
         pipe = self.client.pipeline(transaction=False)
         for user_id in ids:
             pipe.hgetall(user_key(user_id))
-        replies = pipe.execute(raise_on_error=False) if ids else []
+        with _redis_calls():
+            replies = pipe.execute(raise_on_error=False) if ids else []
         records = {}
         for user_id, reply in zip(ids, replies, strict=True):
             if isinstance(reply, Exception):
@@ -291,8 +271,10 @@ class UserStore:
                 pipe.execute_command("EVAL", _CAS_SCRIPT, 1, key, *args)
             else:
                 self._cas(keys=[key], args=args, client=pipe)
+        with _redis_calls():
+            replies = pipe.execute(raise_on_error=False)
         applied = set()
-        for record, reply in zip(records, pipe.execute(raise_on_error=False), strict=True):
+        for record, reply in zip(records, replies, strict=True):
             if isinstance(reply, Exception):
                 raise _reply_error(record.user_id, reply)
             if reply == 1:
@@ -302,10 +284,6 @@ class UserStore:
                 "%s of %s user writes were not newer", len(records) - len(applied), len(records)
             )
         return applied
-
-    def memory_usage(self, user_id: str) -> int | None:
-        """Bytes Redis uses for the user's key (`MEMORY USAGE`), None when absent."""
-        return self.client.memory_usage(user_key(user_id), samples=0)
 
     def close(self) -> None:
         self.client.close()

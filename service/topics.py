@@ -14,13 +14,9 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from trainer.errors import ColdstartError
+from service.errors import TopicError
 
 logger = logging.getLogger(__name__)
-
-
-class TopicError(ColdstartError):
-    """A topic could not be created; the message names the topic, broker and cause."""
 
 
 def create_topic(

@@ -18,17 +18,11 @@ import grpc
 import pytest
 from coldstart.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tiny_model import write_tiny_model
-from waiting import eventually
 
 from service.localstack import free_port
+from tests.helpers.waiting import eventually
 
 COLDSTART = [sys.executable, "-c", "from service.cli import main; raise SystemExit(main())"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("serve"))
 
 
 def scrape(port: int) -> str:

@@ -6,10 +6,9 @@ import gc
 import weakref
 from pathlib import Path
 
-from tiny_model import write_tiny_model
-
 from service import heap
 from service.model import ServingModel
+from tests.helpers.tiny_model import write_tiny_model
 from trainer import artifact
 
 

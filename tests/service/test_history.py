@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tiny_model import write_tiny_model
 
 from service.history import History, HistoryEntry, HistoryError
 from service.model import ServingModel
+from tests.helpers.tiny_model import write_tiny_model
 from trainer import artifact
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import confluent_kafka
@@ -26,12 +25,6 @@ PARTITIONS = 4
 USERS = 10
 RECORDS = 100
 GROUP_SESSION_TIMEOUT_MS = 6000  # tansu joins a group in ~3 s with this, ~23 s by default
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    with LocalStack(kafka=True, redis=True) as started:
-        yield started
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from service.metrics import Metrics, reason_label
-from service.stream import StreamObserver
+from service.observer import StreamObserver
 
 EXPECTED = {
     "coldstart_grpc_requests_total",

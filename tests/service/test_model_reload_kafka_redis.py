@@ -13,11 +13,11 @@ from pathlib import Path
 import grpc
 import pytest
 from coldstart.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
-from tiny_model import write_tiny_model
-from waiting import eventually
 
 from service.app import Service
 from service.settings import resolve
+from tests.helpers.tiny_model import write_tiny_model
+from tests.helpers.waiting import eventually
 from trainer import artifact
 
 

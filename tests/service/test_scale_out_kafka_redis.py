@@ -15,21 +15,19 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from replica import Replica
-from tiny_model import write_tiny_model
-from waiting import eventually
 
 from service.events import Event
 from service.localstack import LocalStack
 from service.model import ServingModel
-from service.store import UserStore, now_ms
+from service.state import now_ms
+from service.store import UserStore
 from service.topics import create_topic
+from tests.helpers.replica import Replica
+from tests.helpers.waiting import eventually
 from trainer import artifact
 
 TOPIC = "events.scale"
@@ -38,17 +36,6 @@ PARTITIONS = 4
 USERS = 120
 EVENTS_PER_USER = 30  # below the history bound (50): the whole sequence stays checkable
 EVENTS = USERS * EVENTS_PER_USER
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    with LocalStack(kafka=True, redis=True) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("scale"), users=200, items=100, dim=16)
 
 
 def events_by_user(item_ids: list[str]) -> list[Event]:
@@ -95,15 +82,15 @@ def committed(bootstrap: str) -> int:
 
 
 def test_two_replicas_share_the_partitions_and_a_killed_ones_are_taken_over(
-    stack: LocalStack, model_dir: Path, tmp_path: Path
+    stack: LocalStack, stream_model_dir: Path, tmp_path: Path
 ) -> None:
     create_topic(stack.kafka_bootstrap, TOPIC, PARTITIONS)
-    model = ServingModel(artifact.load(model_dir))
+    model = ServingModel(artifact.load(stream_model_dir))
     events = events_by_user(model.item_ids)
     first, second = events[: EVENTS // 2], events[EVENTS // 2 :]
     replicas = [
         Replica(
-            model_dir,
+            stream_model_dir,
             stack.kafka_bootstrap,
             stack.redis_url,
             tmp_path / f"replica-{n}.log",

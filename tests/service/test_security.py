@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tiny_model import write_tiny_model
 
 from service.app import Service, server_credentials
 from service.connections import kafka_options, redis_client
@@ -90,11 +89,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
         key = ec.generate_private_key(ec.SECP256R1())
         _write_pair(directory, name, _certificate(name, key, (ca.subject, ca_key)), key)
     return directory
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("security"))
 
 
 def _free_port() -> int:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tiny_model import write_tiny_model
 
 from service.model import ServingModel
+from tests.helpers.tiny_model import write_tiny_model
 from trainer import artifact
 from trainer.evaluate import ColdStart, ColdStartAsServed
 from trainer.model import ModelConfig

@@ -13,7 +13,7 @@ from service.settings import Settings, SettingsError, add_flags, redact_url, res
 
 
 @pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
+def manifest_dir(tmp_path: Path) -> Path:
     (tmp_path / "manifest.json").write_text("{}")
     return tmp_path
 
@@ -24,17 +24,17 @@ def parse(*flags: str) -> argparse.Namespace:
     return parser.parse_args(list(flags))
 
 
-def test_defaults_apply_when_nothing_is_given(model_dir: Path) -> None:
-    settings = resolve(parse("--model", str(model_dir)), env={})
-    assert settings == Settings(model=model_dir)
+def test_defaults_apply_when_nothing_is_given(manifest_dir: Path) -> None:
+    settings = resolve(parse("--model", str(manifest_dir)), env={})
+    assert settings == Settings(model=manifest_dir)
     assert (settings.grpc_port, settings.metrics_port) == (50051, 9464)
     assert settings.topic == "coldstart.events"
     assert settings.kafka_bootstrap is None and settings.redis_url is None
 
 
-def test_environment_sets_and_flags_override(model_dir: Path) -> None:
+def test_environment_sets_and_flags_override(manifest_dir: Path) -> None:
     env = {
-        "COLDSTART_MODEL": str(model_dir),
+        "COLDSTART_MODEL": str(manifest_dir),
         "COLDSTART_GRPC_PORT": "6000",
         "COLDSTART_METRICS_PORT": "6001",
         "COLDSTART_REDIS_URL": "redis://cache:6379/2",
@@ -42,7 +42,7 @@ def test_environment_sets_and_flags_override(model_dir: Path) -> None:
         "COLDSTART_GRACE_S": "2.5",
     }
     from_env = resolve(parse(), env=env)
-    assert (from_env.model, from_env.grpc_port, from_env.metrics_port) == (model_dir, 6000, 6001)
+    assert (from_env.model, from_env.grpc_port, from_env.metrics_port) == (manifest_dir, 6000, 6001)
     assert (from_env.redis_url, from_env.history_limit, from_env.grace_s) == (
         "redis://cache:6379/2",
         20,
@@ -53,15 +53,15 @@ def test_environment_sets_and_flags_override(model_dir: Path) -> None:
     assert overridden.metrics_port == 6001
 
 
-def test_a_true_false_flag_alone_means_true(model_dir: Path) -> None:
+def test_a_true_false_flag_alone_means_true(manifest_dir: Path) -> None:
     env = {"COLDSTART_REDIS_CLUSTER": "true"}
-    assert resolve(parse("--model", str(model_dir), "--redis-cluster"), env={}).redis_cluster
-    off = parse("--model", str(model_dir), "--redis-cluster", "false")
+    assert resolve(parse("--model", str(manifest_dir), "--redis-cluster"), env={}).redis_cluster
+    off = parse("--model", str(manifest_dir), "--redis-cluster", "false")
     assert not resolve(off, env=env).redis_cluster
 
 
-def test_an_empty_variable_counts_as_unset(model_dir: Path) -> None:
-    settings = resolve(parse("--model", str(model_dir)), env={"COLDSTART_KAFKA_BOOTSTRAP": ""})
+def test_an_empty_variable_counts_as_unset(manifest_dir: Path) -> None:
+    settings = resolve(parse("--model", str(manifest_dir)), env={"COLDSTART_KAFKA_BOOTSTRAP": ""})
     assert settings.kafka_bootstrap is None
 
 
@@ -102,10 +102,10 @@ def test_an_empty_variable_counts_as_unset(model_dir: Path) -> None:
     ],
 )
 def test_bad_values_name_the_setting_and_why(
-    model_dir: Path, flags: list[str], env: dict[str, str], message: str
+    manifest_dir: Path, flags: list[str], env: dict[str, str], message: str
 ) -> None:
     with pytest.raises(SettingsError) as raised:
-        resolve(parse("--model", str(model_dir), *flags), env=env)
+        resolve(parse("--model", str(manifest_dir), *flags), env=env)
     assert message in str(raised.value)
 
 
@@ -118,24 +118,24 @@ def test_model_dir_must_exist_and_hold_a_manifest(tmp_path: Path) -> None:
         resolve(parse("--model", str(tmp_path)), env={})
 
 
-def test_every_problem_is_reported_at_once(model_dir: Path) -> None:
+def test_every_problem_is_reported_at_once(manifest_dir: Path) -> None:
     with pytest.raises(SettingsError) as raised:
-        resolve(parse("--model", str(model_dir), "--grpc-port", "0x", "--poll-batch-size", "x"))
+        resolve(parse("--model", str(manifest_dir), "--grpc-port", "0x", "--poll-batch-size", "x"))
     lines = str(raised.value).splitlines()
     assert lines[0] == "invalid settings:"
     assert len(lines) == 3
 
 
-def test_redis_password_is_masked_in_what_is_logged(model_dir: Path) -> None:
+def test_redis_password_is_masked_in_what_is_logged(manifest_dir: Path) -> None:
     url = "redis://user:hunter2@cache:6379/0"
-    settings = resolve(parse("--model", str(model_dir), "--redis-url", url), env={})
+    settings = resolve(parse("--model", str(manifest_dir), "--redis-url", url), env={})
     assert settings.redis_url == url
     described = settings.describe()
     assert "hunter2" not in repr(described)
     assert described["redis_url"] == "redis://user:***@cache:6379/0"
     assert redact_url("redis://:s3cret@cache") == "redis://:***@cache"
     with pytest.raises(SettingsError) as raised:
-        resolve(parse("--model", str(model_dir), "--redis-url", "http://:hunter2@x"), env={})
+        resolve(parse("--model", str(manifest_dir), "--redis-url", "http://:hunter2@x"), env={})
     assert "hunter2" not in str(raised.value)
 
 

@@ -16,20 +16,18 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from replica import Replica
-from tiny_model import write_tiny_model
-from waiting import eventually
 
 from service.events import Event
 from service.localstack import LocalStack
-from service.store import UserStore, now_ms
+from service.state import now_ms
+from service.store import UserStore
 from service.topics import create_topic
+from tests.helpers.replica import Replica
+from tests.helpers.waiting import eventually
 from trainer import artifact
 
 TOPIC = "events.crash"
@@ -38,17 +36,6 @@ EVENTS = 20_000
 USERS = 300  # about 67 events each: histories overflow their bound of 50
 KILLS = 3
 MAX_RECORDS = 200
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    with LocalStack(kafka=True, redis=True) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("model"), users=200, items=300, dim=16, seed=1)
 
 
 def produce(bootstrap: str, item_ids: list[str]) -> None:
@@ -93,9 +80,17 @@ class Watch:
         self.store.close()
 
 
-def start_consumer(model_dir: Path, stack: LocalStack, url: str, group: str, log: Path) -> Replica:
+def start_consumer(
+    stream_model_dir: Path, stack: LocalStack, url: str, group: str, log: Path
+) -> Replica:
     return Replica(
-        model_dir, stack.kafka_bootstrap, url, log, topic=TOPIC, group=group, batch=MAX_RECORDS
+        stream_model_dir,
+        stack.kafka_bootstrap,
+        url,
+        log,
+        topic=TOPIC,
+        group=group,
+        batch=MAX_RECORDS,
     )
 
 
@@ -109,11 +104,13 @@ def drain_and_stop(replica: Replica, watch: Watch) -> None:
     assert replica.process.wait(timeout=20) == 0, replica.text()[-3000:]
 
 
-def clean_run(model_dir: Path, stack: LocalStack, url: str, logs: Path) -> None:
+def clean_run(stream_model_dir: Path, stack: LocalStack, url: str, logs: Path) -> None:
     """The reference: one consumer process, never disturbed."""
     watch = Watch(stack, "clean", url)
     try:
-        drain_and_stop(start_consumer(model_dir, stack, url, "clean", logs / "clean.log"), watch)
+        drain_and_stop(
+            start_consumer(stream_model_dir, stack, url, "clean", logs / "clean.log"), watch
+        )
     finally:
         watch.close()
 
@@ -148,31 +145,35 @@ def stop_in_window(process: subprocess.Popen, watch: Watch, timeout_s: float = 1
         time.sleep(random.uniform(0.0, 0.02))  # not in step with the batches
 
 
-def crashing_run(model_dir: Path, stack: LocalStack, url: str, logs: Path) -> int:
+def crashing_run(stream_model_dir: Path, stack: LocalStack, url: str, logs: Path) -> int:
     """Consumer processes killed KILLS times and restarted; returns how many kills left
     state in Redis beyond the committed offsets (so that a replay had to be a no-op)."""
     watch = Watch(stack, "crashy", url)
     replays = 0
     try:
         for kill in range(KILLS):
-            replica = start_consumer(model_dir, stack, url, "crashy", logs / f"killed-{kill}.log")
+            replica = start_consumer(
+                stream_model_dir, stack, url, "crashy", logs / f"killed-{kill}.log"
+            )
             replays += kill_when(replica, watch, in_window=kill % 2 == 0)
             time.sleep(7)  # the dead member's session (6 s) expires: the next joins an empty group
-        drain_and_stop(start_consumer(model_dir, stack, url, "crashy", logs / "last.log"), watch)
+        drain_and_stop(
+            start_consumer(stream_model_dir, stack, url, "crashy", logs / "last.log"), watch
+        )
     finally:
         watch.close()
     return replays
 
 
 def test_sigkilled_consumers_end_in_the_same_state_as_a_fault_free_run(
-    stack: LocalStack, model_dir: Path, tmp_path: Path
+    stack: LocalStack, stream_model_dir: Path, tmp_path: Path
 ) -> None:
     create_topic(stack.kafka_bootstrap, TOPIC, PARTITIONS)
-    produce(stack.kafka_bootstrap, artifact.load(model_dir).item_ids)
+    produce(stack.kafka_bootstrap, artifact.load(stream_model_dir).item_ids)
     base = stack.redis_url.rsplit("/", 1)[0]
     clean_url, crashy_url = f"{base}/1", f"{base}/2"
-    clean_run(model_dir, stack, clean_url, tmp_path)
-    replays = crashing_run(model_dir, stack, crashy_url, tmp_path)
+    clean_run(stream_model_dir, stack, clean_url, tmp_path)
+    replays = crashing_run(stream_model_dir, stack, crashy_url, tmp_path)
     # The in-window kills (the first and the third) leave applied events above the
     # committed offsets, so the restarted consumer must drop a replay, not apply it twice.
     assert replays >= 1, "no kill landed between a state write and its commit"

@@ -22,25 +22,20 @@ import numpy as np
 import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from tiny_model import write_tiny_model
-from waiting import eventually
 
+from service.dead_letters import MAX_KEY_BYTES
 from service.events import MAX_PAYLOAD_BYTES, UNREADABLE_STATE, Event, parse_event
 from service.history import History, HistoryEntry
+from service.kafka_consumer import ConsumerConfig, EventConsumer
 from service.localstack import LocalStack, free_port, redis_server_binary
-from service.model import ServingModel, item_indices
+from service.model import ServingModel
+from service.observer import StreamObserver
 from service.replay import replay, replay_order
-from service.store import LEGACY_TOPIC, UserRecord, UserStore, now_ms, user_key
-from service.stream import (
-    MAX_KEY_BYTES,
-    ConsumerConfig,
-    EventApplier,
-    EventConsumer,
-    NoopObserver,
-    SourcedEvent,
-)
+from service.state import UserRecord
+from service.store import UserStore, user_key
 from service.topics import create_topic
-from trainer import artifact
+from tests.helpers.user_events import assert_adapted_from_history, event
+from tests.helpers.waiting import eventually
 from trainer.data import load_dataset
 from trainer.split import protocol_order, split_users
 from trainer.synth import write_synthetic
@@ -49,7 +44,7 @@ PARTITIONS = 2
 ONE_MB = 1_000_000
 
 
-class Recorder(NoopObserver):
+class Recorder(StreamObserver):
     """Counts what the consumer reports."""
 
     def __init__(self) -> None:
@@ -76,15 +71,9 @@ class Recorder(NoopObserver):
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    with LocalStack(kafka=True, redis=True) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> ServingModel:
-    model_dir = write_tiny_model(tmp_path_factory.mktemp("model"), users=200, items=100, dim=16)
-    return ServingModel(artifact.load(model_dir))
+def model(stream_model: ServingModel) -> ServingModel:
+    """The event path's model: more users and items than the default tiny one."""
+    return stream_model
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +83,6 @@ def producer(stack: LocalStack) -> Iterator[KafkaProducer]:
     )
     yield started
     started.close()
-
-
-def event(user: str, n: int, item: str, rating: float | None = None) -> Event:
-    kind, value = ("rating", rating) if rating is not None else ("click", 1.0)
-    return Event(f"{user}-{n}", user, item, kind, value, now_ms())
 
 
 def send(producer: KafkaProducer, topic: str, key: str, value: bytes) -> None:
@@ -155,12 +139,6 @@ def dead_letters(stack: LocalStack, topic: str, expected: int) -> list:
     finally:
         reader.close()
     return records
-
-
-def assert_adapted_from_history(model: ServingModel, record: UserRecord) -> None:
-    expected = model.adapt([model.interactions(record.history)])[0].numpy()
-    np.testing.assert_allclose(record.vector, expected, rtol=1e-5, atol=1e-6)
-    assert record.model_version == model.version
 
 
 def test_events_reach_redis_invalid_ones_are_dead_lettered_and_a_replay_changes_nothing(
@@ -396,7 +374,7 @@ def test_a_broker_down_at_start_up_is_waited_for_and_then_consumed(
     )
     observer = Recorder()
     running = Running(EventConsumer(model, UserStore.from_url(stack.redis_url), config, observer))
-    with caplog.at_level(logging.WARNING, logger="service.stream"), running:
+    with caplog.at_level(logging.WARNING, logger="service.kafka_consumer"), running:
         eventually(
             lambda: caplog.text.count("no Kafka broker listens at 127.0.0.1") >= 2,
             30,
@@ -448,137 +426,3 @@ def test_replay_produces_test_users_events_in_protocol_order(
         assert int(user) in test_users
         expected = [data.item_ids[i] for i in seqs.of(int(user))]
         assert by_user[data.user_ids[int(user)]] == expected
-
-
-class Hits(NoopObserver):
-    def __init__(self) -> None:
-        self.judged: list[bool] = []
-
-    def on_hit(self, hit: bool) -> None:
-        self.judged.append(hit)
-
-
-def test_online_hits_are_judged_on_the_current_top_k_for_a_sample_of_users(
-    model: ServingModel, stack: LocalStack
-) -> None:
-    store = UserStore.from_url(stack.redis_url)
-    observer = Hits()
-    applier = EventApplier(model, store, observer, hit_k=3, hit_sample=2)
-    cold = [item for item, _ in model.top_k(model.prior.numpy(), len(model.item_ids))]
-    first = [SourcedEvent("t", 0, 0, event("hits-a", 0, cold[0]))]  # a new user's best item: a hit
-    first.append(SourcedEvent("t", 0, 1, event("hits-b", 1, cold[-1])))  # their worst: a miss
-    applier.apply(first)
-    assert sorted(observer.judged) == [False, True]
-
-    # Judged against the stored vector, with the user's seen items left out of its top-k.
-    stored = store.get("hits-a")
-    best = model.top_k(stored.vector, 3, exclude=item_indices(model.interactions(stored.history)))
-    observer.judged.clear()
-    applier.apply([SourcedEvent("t", 0, 2, event("hits-a", 2, best[-1][0]))])
-    applier.apply([SourcedEvent("t", 0, 3, event("hits-a", 3, cold[0]))])  # seen: not in the top-k
-    assert observer.judged == [True, False]
-
-    observer.judged.clear()
-    applier.apply(
-        [SourcedEvent("t", 0, 4 + n, event(f"hits-{n}", 4 + n, cold[0])) for n in range(5)]
-    )
-    assert len(observer.judged) == 2  # five users touched, two judged
-    store.close()
-
-
-def test_a_batch_retried_after_a_failed_write_is_judged_once(
-    model: ServingModel, stack: LocalStack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = UserStore.from_url(stack.redis_url)
-    observer = Hits()
-    applier = EventApplier(model, store, observer)
-    writes = []
-
-    def fails_once(records: list[UserRecord]) -> set[str]:
-        writes.append(records)
-        if len(writes) == 1:
-            raise redis.ConnectionError("injected: the write did not reach Redis")
-        return UserStore.put_many(store, records)
-
-    monkeypatch.setattr(store, "put_many", fails_once)
-    batch = [SourcedEvent("t", 0, 0, event("judged-once", 0, model.item_ids[0]))]
-    with pytest.raises(redis.ConnectionError):
-        applier.apply(batch)
-    assert observer.judged == []
-    assert applier.apply(batch) == 1  # the consumer's retry of the same batch
-    assert len(observer.judged) == 1 and len(writes) == 2
-    store.close()
-
-
-def test_a_state_with_no_current_top_k_is_not_judged_and_its_write_repairs_it(
-    model: ServingModel, stack: LocalStack
-) -> None:
-    store = UserStore.from_url(stack.redis_url, history_limit=2)
-    observer = Hits()
-    applier = EventApplier(model, store, observer)
-    items, users = model.item_ids, ["short-vector", "torn-oldest"]
-    applier.apply(
-        [SourcedEvent("t", 0, n, event(user, n, items[n])) for user in users for n in (0, 1)]
-    )
-    store.client.hset(user_key("short-vector"), "v0", b"\0" * 8)  # a 2-float vector
-    store.client.hset(user_key("torn-oldest"), "h0", f"{items[0]}\x1ffour\x1e{items[1]}")
-    observer.judged.clear()
-    assert applier.apply([SourcedEvent("t", 0, 2, event(user, 2, items[2])) for user in users]) == 2
-    assert observer.judged == []
-    for user in users:
-        assert_adapted_from_history(model, store.get(user))
-    history = store.get("torn-oldest").history  # the unreadable entry was cut off
-    assert [entry.item_id for entry in history] == items[1:3]
-    store.close()
-
-
-def test_a_new_topic_whose_offsets_start_again_is_not_taken_for_a_replay(
-    model: ServingModel, stack: LocalStack
-) -> None:
-    store = UserStore.from_url(stack.redis_url)
-    applier = EventApplier(model, store)
-    items = model.item_ids
-    old = [SourcedEvent("events.old", 0, 100 + n, event("moved", n, items[n])) for n in range(3)]
-    assert applier.apply(old) == 3
-    new = [SourcedEvent("events.new", 0, n, event("moved", 3 + n, items[3 + n])) for n in range(2)]
-    assert applier.apply(new) == 2  # offsets 0 and 1 are below the old topic's mark
-    assert applier.apply(new[:1]) == 0  # and a replay of the new topic is still dropped
-    record = store.get("moved")
-    store.close()
-    assert [entry.item_id for entry in record.history] == items[:5]
-    assert dict(record.watermarks) == {("events.old", 0): 102, ("events.new", 0): 1}
-
-
-def test_marks_stored_before_they_named_a_topic_still_drop_replays_until_replaced(
-    model: ServingModel, stack: LocalStack
-) -> None:
-    """A record written by the previous release holds "partition:offset" marks."""
-    store = UserStore.from_url(stack.redis_url)
-    applier = EventApplier(model, store)
-    items = model.item_ids
-    assert applier.apply([SourcedEvent("t", 0, 7, event("upgraded", 0, items[0]))]) == 1
-    store.client.hset(user_key("upgraded"), "w0", b"0:7,1:4")  # as the old release wrote it
-    assert applier.apply([SourcedEvent("t", 0, 7, event("upgraded", 0, items[0]))]) == 0
-    assert applier.apply([SourcedEvent("t", 0, 8, event("upgraded", 1, items[1]))]) == 1
-    record = store.get("upgraded")
-    store.close()
-    assert [entry.item_id for entry in record.history] == items[:2]
-    assert dict(record.watermarks) == {("t", 0): 8, (LEGACY_TOPIC, 1): 4}
-
-
-def test_history_is_bounded_to_the_newest_events(model: ServingModel, stack: LocalStack) -> None:
-    store = UserStore.from_url(stack.redis_url, history_limit=5)
-    applier = EventApplier(model, store)
-    items = model.item_ids[:12]
-    batches = [items[:7], items[7:]]
-    offset = 0
-    for batch in batches:
-        sourced = []
-        for item in batch:
-            sourced.append(SourcedEvent("t", 0, offset, event("bounded-user", offset, item)))
-            offset += 1
-        assert applier.apply(sourced) == len(batch)
-    record = store.get("bounded-user")
-    store.close()
-    assert [entry.item_id for entry in record.history] == items[-5:]
-    assert_adapted_from_history(model, record)

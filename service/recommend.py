@@ -1,0 +1,180 @@
+"""Recommend and GetUserState as domain calls: plain values in, plain values out.
+
+A Recommend reads the user's state (one Redis round trip through `service.store`) and
+scores it with the serving model (one matrix-vector product and a top-k). It never fails
+because Redis does: the user is scored from the meta-learned prior and the answer says
+`degraded`. A state adapted under an older model is re-adapted from its stored history on
+read (the consumer rewrites it on the user's next event), so a deploy loses no
+personalisation. Errors are `service.errors`' (and the model's); `service.servicer`
+turns them into gRPC statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import HistoryError, InvalidEvent, InvalidRequest, StoreError, StoreUnavailable
+from service.events import check_id
+from service.metrics import Metrics
+from service.model import ServingModel, item_indices
+from service.state import StateStore, UserRecord
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 1000  # items per Recommend
+MAX_CANDIDATES = 10_000  # candidate_item_ids per Recommend
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    user_id: str
+    k: int
+    include_seen: bool = False
+    features: Mapping[str, str] = field(default_factory=dict)
+    candidates: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    items: list[tuple[str, float]]  # (item id, score), best first
+    model_version: str
+    state: str  # "cold", "adapted" or "degraded"
+    interactions_used: int = 0
+    state_version: int = 0
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    user_id: str
+    state: str  # "cold", "adapted" or "degraded"
+    history_length: int = 0
+    state_version: int = 0
+    model_version: str = ""
+    updated_at_ms: int = 0
+
+
+def check_user_id(user_id: str) -> None:
+    try:
+        check_id("user_id", user_id)
+    except InvalidEvent as error:
+        raise InvalidRequest(error.message) from None
+
+
+class ThrottledWarning:
+    """At most one warning line per interval, counting those held back. During a Redis
+    outage every Recommend degrades: a line each would flood the log, and the metrics
+    already count every one."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._next = 0.0  # time.monotonic() from which the next line may be written
+        self._held = 0
+
+    def __call__(self, message: str, *args: object) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._held += 1
+                return
+            held, self._held, self._next = self._held, 0, now + self.interval_s
+        if held:
+            message += f" ({held} more such answers since the last line)"
+        logger.warning(message, *args)
+
+
+class Recommender:
+    """Top-k for a user from their stored state, the prior, or (Redis down) the prior.
+
+    `model` may be replaced while serving (service.reload); each call reads it once, so
+    one answer never mixes two models."""
+
+    def __init__(self, model: ServingModel, store: StateStore, metrics: Metrics) -> None:
+        self.model = model
+        self.store = store
+        self.metrics = metrics
+        self._warn_degraded = ThrottledWarning(interval_s=10.0)
+
+    def recommend(self, query: RecommendQuery) -> Recommendation:
+        model = self.model
+        candidates = self._check(query, model)
+        model.check_features(query.features)  # raises UnknownFeatureError
+        record, state = self._read(query.user_id)
+        if record is not None:
+            try:
+                return self._personal(query, model, record, candidates)
+            except HistoryError as error:  # one user's history is unreadable: the others are fine
+                self._warn_degraded("user %r: answering from the prior: %s", query.user_id, error)
+                state = "degraded"
+        items = model.top_k(model.cold_vector(query.features), query.k, candidates=candidates)
+        self.metrics.on_response(state)
+        return Recommendation(items, model.version, state)
+
+    def user_state(self, user_id: str) -> UserSummary:
+        check_user_id(user_id)
+        record, state = self._read(user_id)
+        if record is None:
+            return UserSummary(user_id, state)
+        return UserSummary(
+            user_id,
+            "adapted" if self.model.seen(record.history) is not None else "degraded",
+            len(record.history),
+            record.state_version,
+            record.model_version,
+            record.updated_at_ms,
+        )
+
+    def _personal(
+        self,
+        query: RecommendQuery,
+        model: ServingModel,
+        record: UserRecord,
+        candidates: list[int] | None,
+    ) -> Recommendation:
+        vector, known = _vector(model, record)
+        seen = () if query.include_seen else known
+        items = model.top_k(vector, query.k, exclude=seen, candidates=candidates)
+        self.metrics.on_response("adapted")
+        return Recommendation(items, model.version, "adapted", len(known), record.state_version)
+
+    def _check(self, query: RecommendQuery, model: ServingModel) -> list[int] | None:
+        """Validates the request; the candidates' item indices, None when unrestricted."""
+        check_user_id(query.user_id)
+        if not 1 <= query.k <= MAX_K:
+            raise InvalidRequest(f"k must be between 1 and {MAX_K}, got {query.k}")
+        if not query.candidates:
+            return None
+        if len(query.candidates) > MAX_CANDIDATES:
+            raise InvalidRequest(
+                f"candidate_item_ids has {len(query.candidates)} ids, "
+                f"more than the limit of {MAX_CANDIDATES}"
+            )
+        # Ids the model does not know are left out, as the API promises: a catalogue grows
+        # between model versions, and a client's new items must not fail its requests.
+        index = model.item_index
+        return [index[item] for item in query.candidates if item in index]
+
+    def _read(self, user_id: str) -> tuple[UserRecord | None, str]:
+        """The stored record (one Redis round trip) and the state kind when there is none."""
+        try:
+            record = self.store.get(user_id)
+        except StoreUnavailable as error:
+            self.metrics.on_redis_error()
+            self._warn_degraded("Redis unavailable, answering from the prior: %s", error)
+            return None, "degraded"
+        except StoreError as error:  # one user's record is unreadable: the others are fine
+            self._warn_degraded("answering from the prior: %s", error)
+            return None, "degraded"
+        return record, "cold"
+
+
+def _vector(model: ServingModel, record: UserRecord) -> tuple[np.ndarray, list[int]]:
+    """The user's vector and the indices of their history items this model knows."""
+    interactions = model.interactions(record.history)
+    return model.vector(record, interactions), item_indices(interactions)
