@@ -191,7 +191,8 @@ class Service:
         want_kafka, want_redis = self.kafka_bootstrap is None, self.redis_url is None
         if not (want_kafka or want_redis):
             return
-        self.stack = LocalStack(kafka=want_kafka, redis=want_redis)
+        # Kafka's standard port when it is free, so the README's client commands reach it.
+        self.stack = LocalStack(kafka=want_kafka, redis=want_redis, kafka_port=9092)
         self.stack.start()
         if want_kafka:
             self.kafka_bootstrap = self.stack.kafka_bootstrap
@@ -199,7 +200,10 @@ class Service:
             for topic in (self.settings.topic, f"{self.settings.topic}.dlq"):
                 create_topic(self.kafka_bootstrap, topic, partitions)
             logger.info(
-                "no --kafka-bootstrap given: started a local broker at %s", self.kafka_bootstrap
+                "no --kafka-bootstrap given: started a local broker at %s; send it events with "
+                "`coldstart replay --data DATA_DIR --kafka-bootstrap %s`",
+                self.kafka_bootstrap,
+                self.kafka_bootstrap,
             )
         if want_redis:
             self.redis_url = self.stack.redis_url

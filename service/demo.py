@@ -82,10 +82,11 @@ def run_demo(options: DemoOptions) -> None:
         )
         clock = time.perf_counter()
         with Service(settings) as service:
+            url = f"http://127.0.0.1:{service.metrics_port}/metrics"
             say(
                 f"[3/5] service up in {time.perf_counter() - clock:.1f} s: Kafka (tansu) at "
                 f"{service.kafka_bootstrap}, Redis at {service.redis_url}, gRPC at "
-                f"127.0.0.1:{service.grpc_port}"
+                f"127.0.0.1:{service.grpc_port}, metrics at {url} while it runs"
             )
             _wait_for_consumer(service)
             channel = grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}")
@@ -95,10 +96,10 @@ def run_demo(options: DemoOptions) -> None:
                 _replay_more(service, data_dir, options)
             finally:
                 channel.close()
-            url = f"http://127.0.0.1:{service.metrics_port}/metrics"
-            say(f"\nmetrics: {url}")
-            say(f"demo finished in {time.perf_counter() - started:.0f} s")
-            if options.serve:
+            say(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+            if not options.serve:
+                say("the service stops now; `coldstart demo --serve` keeps it up for you to query")
+            else:
                 say(
                     "serving until Ctrl-C (grpcurl -plaintext 127.0.0.1:"
                     f"{service.grpc_port} list; curl {url})"

