@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from types import FrameType, TracebackType
+from types import FrameType
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -32,6 +32,7 @@ from service.grpc_server import GrpcServer, start_server
 from service.ingest import Ingestor
 from service.kafka_consumer import ConsumerConfig, EventConsumer
 from service.kafka_producer import KafkaEventSink
+from service.lifecycle import Lifecycle
 from service.localstack import LocalStack
 from service.metrics import Metrics
 from service.model import ServingModel
@@ -72,7 +73,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-class Service:
+class Service(Lifecycle):
     """One service process's parts; use as a context manager or call start() and stop()."""
 
     def __init__(self, settings: Settings) -> None:
@@ -103,18 +104,6 @@ class Service:
     def metrics_port(self) -> int:
         assert self.metrics_server is not None, "start() first"
         return self.metrics_server.server_port
-
-    def __enter__(self) -> Service:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start everything; on failure stop what already started, then raise."""

@@ -1,11 +1,10 @@
 """Keeps the cyclic garbage collector's full passes off the serving and consuming paths.
 
-Why: once torch, grpc, kafka-python and a model are loaded, about 200,000 objects
-are tracked, and a full collection walks every one of them with all threads
-stopped (106 ms measured). The consumer keeps each batch's decoded records alive
-long enough to trigger full passes often: freezing the startup heap took the
-ingestion benchmark's consumer from 1,565 to 2,115 events/s (0.62 to 0.46 ms of
-CPU per event, benchmarks/RESULTS.md).
+Why: once torch, grpc, kafka-python and a model are loaded, a few hundred thousand
+objects are tracked, and a full collection walks every one of them with all threads
+stopped. The consumer keeps each batch's decoded records alive long enough to trigger
+full passes often; freezing the startup heap takes them out of every pass (the gain
+is in benchmarks/RESULTS.md, Ingestion).
 """
 
 from __future__ import annotations

@@ -10,8 +10,7 @@ A `History` keeps the parts as they were read and decodes an entry only where
 one is looked at. The consumer reads, extends and writes back fifty parts per
 touched user and needs them only as a model's interactions
 (`service.model.ServingModel.interactions`, cached per part): a read is then
-one split and a write one join, where decoding and re-encoding each entry was a
-fifth of the consumer's time.
+one split and a write one join, instead of decoding and re-encoding every entry.
 """
 
 from __future__ import annotations

@@ -123,10 +123,10 @@ class EventConsumer:
     def _connect_when_reachable(self) -> None:
         """connect() once a bootstrap address accepts connections; until then (or stop())
         wait and look again. Recommend needs no Kafka, so a broker that is down at start-up
-        delays ingestion rather than ending the replica, as the client's 30 s bootstrap
-        timeout used to. Looked for with a bare TCP connect: a kafka-python client whose
-        bootstrap fails leaves its IO thread behind, one per attempt. A broker that listens
-        but refuses the client (TLS, SASL) still fails connect(), loudly, as before."""
+        delays ingestion rather than ending the replica. Looked for with a bare TCP
+        connect: a kafka-python client whose bootstrap fails leaves its IO thread behind,
+        one per attempt. A broker that listens but refuses the client (TLS, SASL) still
+        fails connect(), loudly."""
         while not self._stopping.is_set():
             if _listening(self.config.bootstrap, timeout_s=2.0):
                 self._backoff_s = 0.0

@@ -54,13 +54,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import redis
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from service.errors import LocalStackError
+from service.lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def stop_process(name: str, process: subprocess.Popen[bytes], timeout_s: float) 
     logger.info("stopped %s (pid %s, exit code %s)", name, process.pid, process.returncode)
 
 
-class LocalStack:
+class LocalStack(Lifecycle):
     """Starts a tansu broker and/or a Redis server on loopback, and stops them on exit.
 
     with LocalStack(kafka=True, redis=True) as stack:
@@ -189,18 +189,6 @@ class LocalStack:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}  # by engine name
         self.kafka_bootstrap: str | None = None  # "host:port", once started
         self.redis_url: str | None = None  # "redis://host:port/0", once started
-
-    def __enter__(self) -> LocalStack:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start the requested engines and wait until each answers; on failure stop them all."""

@@ -35,9 +35,8 @@ def _shortened(name: str, limit: int = 40) -> str:
 # times a few ratings), and the cache is bounded since ratings are arbitrary floats.
 PART_CACHE = 2**16
 # Users re-adapted on read whose vectors each model keeps (about 0.5 KiB each). After a model
-# rollout every stored state is stale until the user's next event, and re-adapting one on
-# ml-1m takes about 0.6 ms of CPU, twice a whole Recommend: a user read again meanwhile is
-# served from here.
+# rollout every stored state is stale until the user's next event, and re-adapting one costs
+# more than a whole Recommend: a user read again meanwhile is served from here.
 READAPTED_CACHE = 2**14
 
 

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from service.dead_letters import MAX_KEY_BYTES
 from service.events import MAX_PAYLOAD_BYTES, UNREADABLE_STATE, Event, parse_event
 from service.history import History, HistoryEntry
 from service.kafka_consumer import ConsumerConfig, EventConsumer
-from service.localstack import LocalStack, free_port, redis_server_binary
+from service.localstack import LocalStack, free_port, redis_answers, redis_server_binary
 from service.model import ServingModel
 from service.observer import StreamObserver
 from service.replay import replay, replay_order
@@ -296,7 +295,7 @@ def test_redis_down_holds_offsets_and_nothing_is_lost_when_it_returns(
 
     def start_redis() -> subprocess.Popen[bytes]:
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        eventually(lambda: _pings(url), 10, "redis-server answers")
+        eventually(lambda: redis_answers(url, 0.2), 10, "redis-server answers")
         return server
 
     server = start_redis()
@@ -390,16 +389,6 @@ def test_a_broker_down_at_start_up_is_waited_for_and_then_consumed(
         finally:
             forwarder.close()
     assert len(UserStore.from_url(stack.redis_url).get("late").history) == 1
-
-
-def _pings(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.2)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
 
 
 def test_replay_produces_test_users_events_in_protocol_order(
