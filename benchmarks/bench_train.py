@@ -66,6 +66,7 @@ def main() -> None:
                 "wall_s": round(summary["seconds"], 1),
                 "steps": summary["steps"],
                 "best_step": summary["best_step"],
+                "stopped": summary["stopped"],
                 "tasks_per_s": round(summary["tasks_per_s"], 1),
                 "valid_ndcg@20": round(summary["valid_ndcg@20"], 4),
                 "test_ndcg@20": test_ndcg,

@@ -1,9 +1,9 @@
 """Validation NDCG@20 per support size of coldstart config variants, beside mf_finetune.
 
-How the search for the issue's 5% margin was run: one seed's split, validation
-users only (never test users), each variant a `coldstart` model meta-trained
-with some ModelConfig / TrainConfig fields overridden, and the gain over
-mf_finetune (fitted once on the same split) at every k.
+One seed's split, validation users only (never test users): each variant is a
+`coldstart` model meta-trained with some ModelConfig / TrainConfig fields
+overridden, reported with its gain over mf_finetune (fitted once on the same
+split) at every k.
 
     python benchmarks/quality_variants.py --data ../shared/data/ml-1m \
         --variant '{}' --variant '{"patience": 10}' --variant '{"rating_weight": 0.0}'

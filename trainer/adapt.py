@@ -63,7 +63,7 @@ def ratings(users: torch.Tensor, items: ItemTables) -> torch.Tensor:
 
 def _affine(users: torch.Tensor, vectors: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     # mm, then the bias added in place: no (B, I) temporary, and faster than addmm, which
-    # first copies the bias into every row of its output (a sixth of a (475, 3706) scoring).
+    # first copies the bias into every row of its output.
     return torch.mm(users, vectors.T).add_(bias)
 
 
@@ -82,7 +82,7 @@ def support_loss(
 @dataclass(frozen=True)
 class SupportTerms:
     """The parts of the support-loss gradient that do not depend on u: gathered once per
-    support set, not once per inner step (the gathers were a third of a step's time)."""
+    support set, not once per inner step."""
 
     count: torch.Tensor  # (B, 1) n, the number of support events
     positives: torch.Tensor  # (B, d) sum of the support items' vectors

@@ -3,12 +3,10 @@
 Why: a batched inner step allocates a few (users x catalogue) float matrices per
 step, 3.8 MB each for 256 users of ml-1m. glibc gives a freed block that large
 back to the kernel (it was mmapped, or the free space at the top of the heap
-passed the trim threshold), so the next step page-faults it in again, zeroed.
-On the project's 2-core machine that halved the batched step's speed
-(benchmarks/bench_adapt.py, 256 users: 11,500-12,000 users/s; 27,000 with the
-thresholds raised). Both thresholds are set because setting either one turns
-off glibc's adaptive choice of both. The cost: freed memory stays with the
-process for reuse (the ingestion benchmark's consumer: about 50 MiB more RSS).
+passed the trim threshold), so the next step page-faults it in again, zeroed,
+and those faults cost about as much as the step's arithmetic. Both thresholds
+are set because setting either one turns off glibc's adaptive choice of both.
+The cost: freed memory stays with the process for reuse.
 Process-wide, so entry points that adapt users in batches call it.
 """
 

@@ -30,10 +30,8 @@ from trainer.data import Dataset
 from trainer.errors import ArtifactError
 from trainer.model import ColdStartModel, ModelConfig
 
-# 2: model_version hashes the feature vocabularies and has_ratings too, and loading checks it.
-# 3: it hashes the seed and the data fingerprint too (they choose evaluate's test users), and
-#    the fingerprint covers the raw user ids (the split hashes them).
-# 4: the fingerprint covers the side features' values too, and the seed is range-checked.
+# Raised whenever what the manifest's hashes cover changes: an artifact of another format is
+# refused with its version named, not misread.
 FORMAT_VERSION = 4
 MAX_SEED = 2**32 - 1  # what `coldstart train --seed` accepts
 WEIGHTS = "model.safetensors"

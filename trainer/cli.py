@@ -42,7 +42,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 MAX_SUPPORT_SIZE = 10_000  # far beyond any history the protocol can split
-# synth holds a few dense (users, items) float64 matrices: ml-1m's size (22M) peaks at 0.7 GB
+# synth holds a few dense (users, items) float64 matrices: this keeps each to 400 MB
 MAX_SYNTH_CELLS = 50_000_000
 
 
@@ -147,11 +147,19 @@ def cmd_synth(args: argparse.Namespace) -> None:
     print(f"wrote a synthetic data set ({args.users} users, {args.items} items) to {args.out}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def _settings_then_data(
+    args: argparse.Namespace,
+) -> tuple[ModelConfig, TrainConfig, torch.device, Dataset]:
+    """What train and evaluate both read, cheapest check first: --out, the settings and the
+    device are refused in one line before the data, which may take minutes to load."""
     _refuse_file(args.out)
     model_config, train_config = _config(ModelConfig, args), _config(TrainConfig, args)
     device = resolve_device(args.device)
-    data = load_dataset(args.data, args.format)
+    return model_config, train_config, device, load_dataset(args.data, args.format)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    model_config, train_config, device, data = _settings_then_data(args)
     ctx = make_context(data, args.seed, args.support_sizes, device)
     _out_dir(args.out)
     log.info(
@@ -187,10 +195,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    _refuse_file(args.out)
-    model_config, train_config = _config(ModelConfig, args), _config(TrainConfig, args)
-    device = resolve_device(args.device)
-    data = load_dataset(args.data, args.format)
+    model_config, train_config, device, data = _settings_then_data(args)
     loaded = artifact.load(args.model) if args.model else None
     seeds = args.seeds or DEFAULT_SEEDS
     if loaded is not None:

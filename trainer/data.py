@@ -1,23 +1,34 @@
-"""Interaction data sets: the one in-memory form every loader produces.
+"""Interaction data sets: the one in-memory form, and the loaders of the on-disk layouts.
 
-Loaders for the supported on-disk layouts live in this module too; every
-problem with the input is raised as `DataError` naming file, line and problem.
+Three layouts are read (GroupLens ml-100k, ml-1m, and a generic csv layout), each into a
+`Dataset` with users and items indexed densely, so nothing downstream knows which layout
+the data came from. How a layout's files are split into checked fields is trainer.tables'
+job; this module says which files a layout has, which columns mean what, and how side
+files become features. Every problem with the input is a `DataError` naming file, line
+and problem.
 """
 
 from __future__ import annotations
 
-import csv
-import gc
 import logging
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from trainer.errors import DataError
+from trainer.tables import (
+    Table,
+    dense_index,
+    integer_ids,
+    numbers,
+    read_side_table,
+    read_table,
+    row_of_each_id,
+    stripped,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +70,6 @@ UNKNOWN = "<unk>"  # user_vocab[name][0]: the value of code 0
 # features mean the same thing on both data sets.
 _AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])
 _AGE_BUCKETS = ["1", "18", "25", "35", "45", "50", "56"]
-_SEPARATOR_NAMES = {"\t": "tab", "|": "'|'", "::": "'::'", ",": "comma"}
 _LATIN1 = "iso-8859-1"  # GroupLens files; every byte string decodes, so it never fails
 _UTF8 = "utf-8-sig"  # our csv layout; a byte-order mark from spreadsheet exports is accepted
 
@@ -67,192 +77,17 @@ _UTF8 = "utf-8-sig"  # our csv layout; a byte-order mark from spreadsheet export
 _Columns = tuple[list[str], list[str], list[str] | None, list[str] | None]
 
 
-@dataclass(frozen=True)
-class _Table:
-    """The rows of one text file, kept with where they came from so later checks name the line."""
-
-    file: str  # the file's path, as messages show it
-    rows: list[list[str]]  # fields of each data line (header excluded)
-    first_line: int  # 1-based line number of rows[0]
-    header: list[str] = field(default_factory=list)  # column names, for files that have them
-
-    def error(self, row: int, problem: str) -> DataError:
-        return DataError(f"{self.file} line {row + self.first_line}: {problem}")
-
-    def column(self, index: int) -> list[str]:
-        return [r[index] for r in self.rows]
-
-    def named(self, name: str) -> list[str] | None:
-        """The column under a header name, or None when the file does not have it."""
-        return self.column(self.header.index(name)) if name in self.header else None
-
-    def require(self, *names: str) -> list[list[str]]:
-        for name in names:
-            if name not in self.header:
-                found = ",".join(self.header)
-                raise DataError(f"{self.file} line 1: header has no column {name!r} (has {found})")
-        return [self.column(self.header.index(n)) for n in names]
-
-
-@contextmanager
-def _no_gc() -> Iterator[None]:
-    """Parsing allocates millions of small lists that create no cycles; without this, repeated
-    full collections make ml-1m load five times slower."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _read_table(path: Path, sep: str, encoding: str, n_fields: int | None = None) -> _Table:
-    """Split a `sep`-separated file into fields, checking every line has the same number.
-
-    With `n_fields` None the first line is a header and fixes the count; "," means csv, with
-    quoting. Blank lines are an error like any other malformed line, so line numbers stay exact.
-    """
-    raw, file = path.read_bytes(), str(path)
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{file} line {line}: not valid UTF-8") from None
-    text = text.replace("\r\n", "\n")
-    if "\r" in text:  # a line break to some readers and part of a field to others
-        line = text.count("\n", 0, text.index("\r")) + 1
-        raise DataError(f"{file} line {line}: a carriage return inside a line")
-    # str.splitlines would also break at \x85 and \x1c, which are characters in ISO-8859-1.
-    lines = text.rstrip("\n").split("\n") if text.strip() else []
-    with _no_gc():
-        rows = _csv_rows(lines, file) if sep == "," else [line.split(sep) for line in lines]
-    header: list[str] = []
-    if n_fields is None:
-        if not rows:
-            raise DataError(f"{file}: empty file, expected a header line")
-        header = [name.strip() for name in rows.pop(0)]
-        n_fields = len(header)
-        repeated = next((name for i, name in enumerate(header) if name in header[:i]), None)
-        if repeated is not None:
-            raise DataError(f"{file} line 1: column {repeated!r} appears twice in the header")
-    table = _Table(file, rows, 2 if header else 1, header)
-    if not set(map(len, rows)) <= {n_fields}:
-        bad = next(i for i, r in enumerate(rows) if len(r) != n_fields)
-        kind = _SEPARATOR_NAMES[sep]
-        raise table.error(bad, f"expected {n_fields} {kind}-separated fields, got {len(rows[bad])}")
-    return table
-
-
-def _csv_rows(lines: list[str], file: str) -> list[list[str]]:
-    """One csv row per line, with quoting. A quoted field may not run past its line: an
-    unclosed quote would otherwise swallow the rest of the file into one field."""
-    try:
-        rows = list(csv.reader(lines))
-    except csv.Error:
-        rows = None
-    if rows is None or len(rows) != len(lines):  # only on failure: the slower search
-        raise DataError(_csv_problem(lines, file))
-    return rows
-
-
-def _csv_problem(lines: list[str], file: str) -> str:
-    """The first row that does not end on its own line (an unclosed quote: in a large file
-    the reader fails only at its field limit, thousands of lines on) or that the reader
-    refuses on its line."""
-    reader = csv.reader(lines)
-    start = 1  # the line the row being read starts on
-    try:
-        for _ in reader:
-            if reader.line_num != start:
-                break
-            start += 1
-    except csv.Error as error:
-        if reader.line_num == start:
-            return f"{file} line {start}: {error}"
-    return f"{file} line {start}: a quoted field runs past the end of the line"
-
-
-def _numbers(table: _Table, values: list[str], dtype: type, what: str) -> np.ndarray:
-    """Convert a column in one vectorised step; only on failure look for the line to blame."""
-    kind = "a whole number" if np.dtype(dtype).kind == "i" else "a number"
-    try:
-        array = np.array(values).astype(dtype)
-    except (ValueError, OverflowError):
-        for i, value in enumerate(values):
-            try:
-                np.array(value).astype(dtype)
-            except ValueError:
-                raise table.error(i, f"{what} {value!r} is not {kind}") from None
-            except OverflowError:
-                raise table.error(i, f"{what} {value!r} is out of range") from None
-        raise
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int(np.flatnonzero(~np.isfinite(array))[0])
-        raise table.error(bad, f"{what} {values[bad]!r} is not a finite number")
-    return array
-
-
-def _index(table: _Table, raw: list[str], what: str) -> tuple[list[str], np.ndarray]:
-    """Dense indices in order of first appearance, and the raw id of each index."""
-    positions: dict[str, int] = {}
-    with _no_gc():
-        codes = np.array([positions.setdefault(r, len(positions)) for r in raw], dtype=np.int64)
-    if "" in positions:
-        raise table.error(raw.index(""), f"empty {what}")
-    return list(positions), codes
-
-
-def _integer_ids(table: _Table, values: list[str], what: str) -> list[str]:
-    """GroupLens ids are decimal integers: anything else is a damaged line (a stray byte in
-    a latin-1 file still decodes), not a new user or item."""
-    # Deleting every digit leaves nothing but the separators (an empty id is _index's error).
-    if "\n".join(values).encode().translate(None, b"0123456789\n"):
-        bad = next(i for i, v in enumerate(values) if v and not (v.isascii() and v.isdigit()))
-        raise table.error(bad, f"{what} {values[bad]!r} is not a whole number")
-    return values
-
-
-def _stripped(values: list[str]) -> list[str]:
-    """Values of the csv layout without surrounding blanks: "i91" and " i91 " are one item,
-    "M" and " M" one gender."""
-    return [v.strip() for v in values]
-
-
-def _side_table(path: Path, sep: str, encoding: str, n_fields: int | None = None) -> _Table:
-    """A side file (user or item features, genre names): one without rows is an error, as a
-    missing interactions file is, rather than features silently all unknown."""
-    table = _read_table(path, sep, encoding, n_fields)
-    if not table.rows:
-        raise DataError(f"{path}: no data lines")
-    return table
-
-
-def _age_buckets(table: _Table, ages: list[str]) -> list[str]:
+def _age_buckets(table: Table, ages: list[str]) -> list[str]:
     """Ages, exact (ml-100k) or already bucketed (ml-1m), as MovieLens 1M's buckets."""
-    years = _numbers(table, ages, np.int64, "age")
+    years = numbers(table, ages, np.int64, "age")
     return [_AGE_BUCKETS[b] for b in np.searchsorted(_AGE_EDGES, years, side="right")]
-
-
-def _rows_of(table: _Table, raw_ids: list[str], what: str) -> dict[str, int]:
-    """Row of each id in a side file; a repeated or empty id is an error, as in the
-    interactions, not a silent overwrite or a user nobody can name."""
-    rows: dict[str, int] = {}
-    for i, raw in enumerate(raw_ids):
-        if not raw:
-            raise table.error(i, f"empty {what}")
-        if rows.setdefault(raw, i) != i:
-            raise table.error(
-                i, f"{what} {raw!r} appears twice (first on line {rows[raw] + table.first_line})"
-            )
-    return rows
 
 
 @dataclass(frozen=True)
 class _UserSide:
     """A user side file: raw values, each feature a column; "" means unknown."""
 
-    table: _Table
+    table: Table
     ids: list[str]
     columns: dict[str, list[str]]
 
@@ -261,7 +96,7 @@ class _UserSide:
 class _ItemSide:
     """An item side file reduced to what the item features are made of."""
 
-    table: _Table
+    table: Table
     ids: list[str]
     genres: list[list[str]]
     years: list[int | None]
@@ -287,7 +122,7 @@ def _log_coverage(file: str, listed: dict[str, int], known: list[str], what: str
 def _user_features(
     user_ids: list[str], side: _UserSide
 ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    rows = _rows_of(side.table, side.ids, "user")
+    rows = row_of_each_id(side.table, side.ids, "user")
     _log_coverage(side.table.file, rows, user_ids, "user")
     row_of_user = np.array([rows.get(u, -1) for u in user_ids], dtype=np.int64)
     features, vocab = {}, {}
@@ -305,7 +140,7 @@ def _item_features(item_ids: list[str], side: _ItemSide) -> tuple[np.ndarray, li
     column = {n: j for j, n in enumerate(names)}
     position = {raw: i for i, raw in enumerate(item_ids)}
     matrix = np.zeros((len(item_ids), len(names)), dtype=np.float32)  # (n_items, F)
-    rows = _rows_of(side.table, side.ids, "item")
+    rows = row_of_each_id(side.table, side.ids, "item")
     _log_coverage(side.table.file, rows, item_ids, "item")
     for raw, row in rows.items():
         if raw in position:
@@ -336,7 +171,7 @@ def _first_of_each_pair(
 
 def _dataset(
     name: str,
-    table: _Table,
+    table: Table,
     columns: _Columns,
     user_side: _UserSide | None,
     item_side: _ItemSide | None,
@@ -345,10 +180,10 @@ def _dataset(
     raw_users, raw_items, raw_ratings, raw_times = columns
     if not table.rows:
         raise DataError(f"{table.file}: no interactions")
-    user_ids, users = _index(table, raw_users, "user id")
-    item_ids, items = _index(table, raw_items, "item id")
-    ratings = None if raw_ratings is None else _numbers(table, raw_ratings, np.float32, "rating")
-    times = None if raw_times is None else _numbers(table, raw_times, np.int64, "timestamp")
+    user_ids, users = dense_index(table, raw_users, "user id")
+    item_ids, items = dense_index(table, raw_items, "item id")
+    ratings = None if raw_ratings is None else numbers(table, raw_ratings, np.float32, "rating")
+    times = None if raw_times is None else numbers(table, raw_times, np.int64, "timestamp")
     kept = _first_of_each_pair(users, items, times)
     if len(kept) < len(users):
         log.info(
@@ -380,10 +215,10 @@ def _title_year(title: str) -> int | None:
     return int(years[-1]) if years else None
 
 
-def _optional_years(table: _Table, values: list[str]) -> list[int | None]:
+def _optional_years(table: Table, values: list[str]) -> list[int | None]:
     """A blank year is unknown, not an error; anything else must be an integer."""
     blank = [not v.strip() for v in values]
-    parsed = _numbers(
+    parsed = numbers(
         table, ["0" if b else v for v, b in zip(values, blank, strict=True)], np.int64, "year"
     )
     return [None if b else int(y) for y, b in zip(parsed, blank, strict=True)]
@@ -392,9 +227,9 @@ def _optional_years(table: _Table, values: list[str]) -> list[int | None]:
 _CSV_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
 
-def _csv_interactions(path: Path) -> tuple[_Table, _Columns]:
-    table = _read_table(path, ",", _UTF8)
-    users, items = (_stripped(ids) for ids in table.require("user_id", "item_id"))
+def _csv_interactions(path: Path) -> tuple[Table, _Columns]:
+    table = read_table(path, ",", _UTF8)
+    users, items = (stripped(ids) for ids in table.require("user_id", "item_id"))
     ignored = [name for name in table.header if name not in _CSV_COLUMNS]
     if ignored:  # a time column named "ts" would otherwise drop time order without a word
         log.warning(
@@ -406,18 +241,18 @@ def _csv_interactions(path: Path) -> tuple[_Table, _Columns]:
     return table, (users, items, table.named("rating"), table.named("timestamp"))
 
 
-def _grouplens_columns(table: _Table, columns: _Columns) -> _Columns:
+def _grouplens_columns(table: Table, columns: _Columns) -> _Columns:
     """The interaction columns of a GroupLens layout, its user and item ids checked."""
     users, items, ratings, times = columns
     return (
-        _integer_ids(table, users, "user id"),
-        _integer_ids(table, items, "item id"),
+        integer_ids(table, users, "user id"),
+        integer_ids(table, items, "item id"),
         ratings,
         times,
     )
 
 
-def _four_columns(table: _Table) -> _Columns:
+def _four_columns(table: Table) -> _Columns:
     """user, item, rating, timestamp: the four fields of u.data and ratings.dat."""
     return table.column(0), table.column(1), table.column(2), table.column(3)
 
@@ -436,33 +271,32 @@ def _required(root: Path, fmt: str, *names: str) -> Path:
 def _grouplens_users(path: Path, sep: str, age: int, gender: int) -> _UserSide:
     """u.user and users.dat: five fields, the id first and the occupation fourth; age and
     gender sit in either order."""
-    users = _side_table(path, sep, _LATIN1, 5)
+    users = read_side_table(path, sep, _LATIN1, 5)
     features = {
         "age": _age_buckets(users, users.column(age)),
         "gender": users.column(gender),
         "occupation": users.column(3),
     }
-    return _UserSide(users, _integer_ids(users, users.column(0), "user id"), features)
+    return _UserSide(users, integer_ids(users, users.column(0), "user id"), features)
 
 
 def _load_ml100k(root: Path) -> Dataset:
-    table = _read_table(_required(root, "ml-100k", "u.data"), "\t", _LATIN1, 4)
+    table = read_table(_required(root, "ml-100k", "u.data"), "\t", _LATIN1, 4)
     user_side = item_side = None
     if (root / "u.user").exists():  # id|age|gender|occupation|zip
         user_side = _grouplens_users(root / "u.user", "|", age=1, gender=2)
     if (root / "u.item").exists():
         names = [str(j) for j in range(19)]  # the standard 19, named by index without u.genre
         if (root / "u.genre").exists():
-            names = _side_table(root / "u.genre", "|", _LATIN1, 2).column(0)
-        movies = _side_table(root / "u.item", "|", _LATIN1, 5 + len(names))
+            names = read_side_table(root / "u.genre", "|", _LATIN1, 2).column(0)
+        movies = read_side_table(root / "u.item", "|", _LATIN1, 5 + len(names))
         flags = [
-            _numbers(movies, movies.column(5 + j), np.int64, "genre flag")
-            for j in range(len(names))
+            numbers(movies, movies.column(5 + j), np.int64, "genre flag") for j in range(len(names))
         ]
         hot = np.stack(flags, axis=1) != 0  # (n_movies, n_genres)
         genres = [[names[j] for j in np.flatnonzero(row)] for row in hot]
         years = [_title_year(t) for t in movies.column(1)]
-        ids = _integer_ids(movies, movies.column(0), "item id")
+        ids = integer_ids(movies, movies.column(0), "item id")
         item_side = _ItemSide(movies, ids, genres, years, names)
     columns = _grouplens_columns(table, _four_columns(table))
     return _dataset("ml-100k", table, columns, user_side, item_side)
@@ -471,7 +305,7 @@ def _load_ml100k(root: Path) -> Dataset:
 def _load_ml1m(root: Path) -> Dataset:
     ratings = _required(root, "ml-1m", "ratings.dat", "ratings.csv")
     if ratings.suffix == ".dat":
-        table = _read_table(ratings, "::", _LATIN1, 4)
+        table = read_table(ratings, "::", _LATIN1, 4)
         columns = _four_columns(table)
     else:
         table, columns = _csv_interactions(ratings)
@@ -480,11 +314,11 @@ def _load_ml1m(root: Path) -> Dataset:
     if (root / "users.dat").exists():  # id::gender::age::occupation::zip
         user_side = _grouplens_users(root / "users.dat", "::", age=2, gender=1)
     if (root / "movies.dat").exists():
-        movies = _side_table(root / "movies.dat", "::", _LATIN1, 3)
+        movies = read_side_table(root / "movies.dat", "::", _LATIN1, 3)
         genres = [g.split("|") if g else [] for g in movies.column(2)]
         years = [_title_year(t) for t in movies.column(1)]
         names = sorted({g for gs in genres for g in gs})
-        ids = _integer_ids(movies, movies.column(0), "item id")
+        ids = integer_ids(movies, movies.column(0), "item id")
         item_side = _ItemSide(movies, ids, genres, years, names)
     return _dataset("ml-1m", table, columns, user_side, item_side)
 
@@ -493,17 +327,17 @@ def _load_csv(root: Path) -> Dataset:
     table, columns = _csv_interactions(_required(root, "csv", "interactions.csv"))
     user_side = item_side = None
     if (root / "users.csv").exists():
-        users = _side_table(root / "users.csv", ",", _UTF8)
-        ids = _stripped(*users.require("user_id"))
+        users = read_side_table(root / "users.csv", ",", _UTF8)
+        ids = stripped(*users.require("user_id"))
         features = {
-            n: _stripped(users.column(j)) for j, n in enumerate(users.header) if n != "user_id"
+            n: stripped(users.column(j)) for j, n in enumerate(users.header) if n != "user_id"
         }
         user_side = _UserSide(users, ids, features)
     if (root / "items.csv").exists():
-        items = _side_table(root / "items.csv", ",", _UTF8)
-        ids = _stripped(*items.require("item_id"))
+        items = read_side_table(root / "items.csv", ",", _UTF8)
+        ids = stripped(*items.require("item_id"))
         blank = [""] * len(ids)
-        genres = [_stripped(g.split("|")) for g in items.named("genres") or blank]
+        genres = [stripped(g.split("|")) for g in items.named("genres") or blank]
         genres = [[g for g in gs if g] for gs in genres]  # "" and "a||b" name no empty genre
         years = _optional_years(items, items.named("year") or blank)
         names = sorted({g for gs in genres for g in gs})

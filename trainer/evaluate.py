@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class EvalOptions:
     device: torch.device
     model_config: ModelConfig  # an artifact's own, or for the per-seed training
     train_config: TrainConfig  # for the per-seed training when no artifact is given
+    progress: bool = True  # progress bars for the fits that take minutes
 
 
 class ColdStart:
@@ -59,14 +61,19 @@ class ColdStart:
     name = "coldstart"
 
     def __init__(
-        self, model_config: ModelConfig, train_config: TrainConfig, artifact: Artifact | None
+        self,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        artifact: Artifact | None,
+        progress: bool = False,  # a bar over the meta-training steps
     ) -> None:
         self.model_config, self.train_config = model_config, train_config
         self.model = artifact.model if artifact else None
+        self.progress = progress
 
     def fit(self, ctx: Context) -> None:
         if self.model is None:
-            self.model, _ = meta_train(ctx, self.model_config, self.train_config)
+            self.model, _ = meta_train(ctx, self.model_config, self.train_config, self.progress)
         self.model = self.model.to(ctx.device)
 
     def scores(self, support) -> torch.Tensor:
@@ -162,10 +169,20 @@ def evaluate_seed(data: Dataset, seed: int, methods: list, options: EvalOptions)
     results = {}
     for method in methods:
         log.info("seed %d: fitting %s", seed, method.name)
+        started = time.perf_counter()
         method.fit(ctx)
+        fitted = time.perf_counter()
         results[method.name] = {
             key: _episode_metrics(method, ctx, users, ks) for key, ks in episodes.items()
         }
+        log.info(
+            "seed %d: %s fitted in %.1f s, scored %d test users in %.1f s",
+            seed,
+            method.name,
+            fitted - started,
+            len(users),
+            time.perf_counter() - fitted,
+        )
     return {"n_test_users": len(users), "methods": results}
 
 
@@ -184,16 +201,15 @@ def aggregate(per_seed: list[dict]) -> dict:
     return combined
 
 
-def all_methods(
-    model_config: ModelConfig, train_config: TrainConfig, artifact: Artifact | None
-) -> list:
-    steps = model_config.inner_steps
-    ours = ColdStart(model_config, train_config, artifact)
+def all_methods(options: EvalOptions, artifact: Artifact | None) -> list:
+    """Every method, fitted in this order; those that train for minutes show a bar."""
+    progress = options.progress
+    ours = ColdStart(options.model_config, options.train_config, artifact, progress)
     return [
         Popularity(),
         ItemKNN(),
-        MatrixFactorisation(inner_steps=steps),
-        MeLU(),
+        MatrixFactorisation(inner_steps=options.model_config.inner_steps, progress=progress),
+        MeLU(progress=progress),
         ours,
         ColdStartAsServed(ours),
     ]
@@ -203,7 +219,7 @@ def run(data: Dataset, out: Path, options: EvalOptions, artifact: Artifact | Non
     """Evaluates every method on every seed and writes results.json, results.md, ndcg.png."""
     per_seed = []
     for seed in options.seeds:
-        methods = all_methods(options.model_config, options.train_config, artifact)
+        methods = all_methods(options, artifact)
         per_seed.append(evaluate_seed(data, seed, methods, options))
     results = {
         "dataset": data.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +11,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 OURS = "coldstart"
+LOWER_IS_BETTER = {"mae", "rmse"}
+METRICS = ["ndcg@20", "recall@20", "mae", "rmse", "ndcg@3"]  # in table order
 
 
 def _cell(row: dict, metric: str, spread: bool) -> str:
@@ -44,17 +47,81 @@ def _gains(results: dict) -> list[str]:
     if OURS not in methods:
         return []
     cells = []
-    baselines = {n: m for n, m in methods.items() if not n.startswith(OURS)}  # not our variants
     for key, ours in methods[OURS].items():
-        best = max((m[key]["ndcg@20"], n) for n, m in baselines.items())
+        best = max((m[key]["ndcg@20"], n) for n, m in _baselines(results).items())
         gain = f"{100 * (ours['ndcg@20'] / best[0] - 1):+.1f}%" if best[0] else "n/a"
         cells.append(f"k={key}: {gain} vs {best[1]}")
     return ["", "coldstart NDCG@20 vs the best baseline: " + "; ".join(cells)]
 
 
+def _baselines(results: dict) -> dict:
+    """The methods compared with ours: every one but ours and its variants."""
+    return {n: m for n, m in results["methods"].items() if not n.startswith(OURS)}
+
+
+def _shrinking_queries(results: dict) -> list[str]:
+    """Where every method's NDCG@20 falls as k grows, say why: the query set is what follows
+    the first k interactions, so a larger k leaves the same users fewer relevant items to
+    find, and a hit in the top 20 gets rarer for every method alike."""
+    methods = results["methods"]
+    if results["protocol"]["name"] != "coldstart":  # the melu protocol has one support size
+        return []
+    spans: list[list[str]] = []  # [first k, last k] of each run of falls
+    for a, b in itertools.pairwise(next(iter(methods.values()))):
+        if all(by_k[b]["ndcg@20"] < by_k[a]["ndcg@20"] for by_k in methods.values()):
+            if spans and spans[-1][1] == a:
+                spans[-1][1] = b
+            else:
+                spans.append([a, b])
+    if not spans:
+        return []
+    where = " and ".join(f"from k={a} to k={b}" for a, b in spans)
+    return [
+        f"- Every method's NDCG@20 falls {where}. The query set is the interactions after the "
+        "first k, so it shrinks as k grows: the same users have fewer relevant items left to "
+        "find, and a falling curve is not a method getting worse."
+    ]
+
+
+def _baseline_wins(results: dict, metrics: list[str]) -> list[str]:
+    """Each metric on which a baseline does better than ours, and at which k."""
+    methods = results["methods"]
+    if OURS not in methods:
+        return []
+    notes = []
+    for metric in metrics:
+        sign = -1 if metric in LOWER_IS_BETTER else 1
+        wins = []
+        for name, by_k in _baselines(results).items():
+            keys = [
+                key
+                for key, ours in methods[OURS].items()
+                if by_k[key].get(metric) is not None
+                and ours.get(metric) is not None
+                and sign * by_k[key][metric] > sign * ours[metric]
+            ]
+            if len(keys) == len(methods[OURS]) > 1:
+                wins.append(f"{name} at every k")
+            elif keys:
+                wins.append(f"{name} at k={', '.join(keys)}")
+        if wins:
+            better = "lower" if metric in LOWER_IS_BETTER else "higher"
+            notes.append(
+                f"- A baseline beats {OURS} on {metric} ({better} is better): "
+                + "; ".join(wins)
+                + "."
+            )
+    return notes
+
+
+def _notes(results: dict, metrics: list[str]) -> list[str]:
+    notes = _shrinking_queries(results) + _baseline_wins(results, metrics)
+    return ["", "## Notes", "", *notes] if notes else []
+
+
 def write_markdown(results: dict, path: Path) -> None:
-    metrics = ["ndcg@20", "recall@20", "mae", "rmse", "ndcg@3"]
     present = next(iter(next(iter(results["methods"].values())).values()))
+    metrics = [m for m in METRICS if present.get(m) is not None]
     # Each seed is its own split, so each has its own number of test users.
     counts = " / ".join(str(run["n_test_users"]) for run in results["per_seed"])
     spread = " (± standard deviation over seeds)" if _several_seeds(results) else ""
@@ -63,9 +130,10 @@ def write_markdown(results: dict, path: Path) -> None:
         "",
         f"{counts} test users in seeds {results['seeds']}; mean over seeds{spread}.",
     ]
-    for metric in (m for m in metrics if present.get(m) is not None):
+    for metric in metrics:
         lines += ["", *_table(results, metric)]
     lines += _gains(results)
+    lines += _notes(results, metrics)
     path.write_text("\n".join(lines) + "\n")
 
 

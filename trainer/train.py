@@ -21,7 +21,6 @@ from functools import cache
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from trainer.adapt import ratings, scores
 from trainer.config_fields import check_fields
@@ -29,6 +28,7 @@ from trainer.data import Dataset
 from trainer.episodes import Context, require_validation_users, validation_ndcg
 from trainer.lattice import climb
 from trainer.model import ColdStartModel, ModelConfig
+from trainer.progress import progress_bar
 from trainer.split import Sequences, Support, positions_after, support_batch
 
 log = logging.getLogger(__name__)
@@ -46,19 +46,14 @@ class TrainConfig:
     max_support: int = 20  # support sizes are drawn uniformly from 0..max_support
     meta_lr: float = 1e-3  # Adam learning rate of the meta-parameters
     # Item vectors learn at this fraction of meta_lr from their SVD start; 0 freezes them.
-    # At the full rate they over-fit ml-100k within ~100 steps; with the step calibrated
-    # afterwards, 0.3 gained validation NDCG on ml-100k (0.523 -> 0.526) and ml-1m
-    # (0.578 -> 0.584), and 1.0 no more.
+    # At the full rate they over-fit the training users long before the user side converges.
     item_lr_scale: float = 0.3
     first_order: bool = False  # drop second-order terms of the meta-gradient
     eval_every: int = 50  # outer steps between validation runs
     patience: int = 4  # validation runs without improvement before stopping
     calibrate: bool = True  # rescale the learned step and prior on validation users at the end
     # Share of episodes whose user's side features are hidden. The service adapts users from
-    # events, which carry none: trained always with them, the start without them is
-    # off-centre (ml-1m split 0, validation NDCG@20 at k = 3 / 5 / 10 without features
-    # 0.5805 / 0.5957 / 0.6298; with 0.5 hidden 0.5880 / 0.6086 / 0.6374, with them 0.5972 /
-    # 0.6167 / 0.6414 before and 0.5959 / 0.6172 / 0.6439 after).
+    # events, which carry none: a prior trained always with features is off-centre without.
     feature_dropout: float = 0.5
 
     def __post_init__(self) -> None:
@@ -90,12 +85,10 @@ def episode_histories(ctx: Context, batch: np.ndarray, rng: np.random.Generator)
     """The batch's histories, user b's as group b, in the order its episode reads them.
 
     Time order is the protocol's and is kept: a new user's first events differ from
-    later ones (re-shuffling ml-100k's histories cost 7 to 15% of validation NDCG@20 at
-    k >= 3). Without time the protocol's order is one seeded shuffle, and any other
+    later ones. Without time the protocol's order is one seeded shuffle, and any other
     shuffle is as likely a new user's, so each episode draws its own: a training user
-    then gives a fresh support set every time rather than always the same prefix. On
-    ml-1m's validation users over three seeds that trained twice as long before
-    over-fitting and gained 0.2, 0.6 and 0.9 points over mf_finetune at k = 3, 5, 10.
+    then gives a fresh support set every time rather than always the same prefix, and
+    training over-fits later.
     """
     seqs = ctx.seqs
     groups, flat = positions_after(seqs, batch, np.zeros_like(batch))
@@ -149,8 +142,7 @@ def query_loss(model: ColdStartModel, users: torch.Tensor, query: Query) -> torc
     user's other query items in every denominator: it asks for equal mass on all of them,
     and pushes down a popular query item that belongs at the top. The ranking metrics only
     ask that each query item outrank the untouched ones (sampled softmax drops such
-    'accidental hits' for the same reason). It measured better at every k >= 3 on both
-    MovieLens sets (benchmarks/RESULTS.md, twelfth session)."""
+    'accidental hits' for the same reason)."""
     tables = model.item_tables()
     logits = scores(users, tables)  # (B, I)
     touched = query.hidden | (query.weights > 0)
@@ -216,7 +208,9 @@ def score_fn(model: ColdStartModel):
 def meta_train(
     ctx: Context, model_config: ModelConfig, config: TrainConfig, progress: bool = True
 ) -> tuple[ColdStartModel, dict]:
-    """Returns the best model on validation users and a summary of the run."""
+    """Returns the best model on validation users and a summary of the run. Training stops
+    after meta_steps, or earlier when `patience` validations in a row bring no improvement;
+    either way one log line says where and why."""
     require_validation_users(ctx)
     torch.manual_seed(ctx.seed)
     rng = np.random.default_rng(ctx.seed)
@@ -226,30 +220,44 @@ def meta_train(
     users = ctx.training_users()
     best = (validation_ndcg(score_fn(model), ctx), 0, copy.deepcopy(model.state_dict()))
     stale, history = 0, [{"step": 0, "valid_ndcg@20": best[0]}]
-    bar = tqdm(
-        range(1, config.meta_steps + 1), disable=not progress, desc="meta-train", mininterval=2
-    )
-    for step in bar:
-        support, query = sample_episodes(ctx, users, config, rng)
-        support, query = support.to(ctx.device), _query_to(query, ctx.device)
-        loss = query_loss(model, model.adapt(support, config.first_order), query)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % config.eval_every == 0 or step == config.meta_steps:  # the last step too
-            ndcg = validation_ndcg(score_fn(model), ctx)
-            history.append({"step": step, "loss": loss.item(), "valid_ndcg@20": ndcg})
-            if ndcg > best[0]:
-                best, stale = (ndcg, step, copy.deepcopy(model.state_dict())), 0
-            else:
-                stale += 1
-            # Shown at the bar's next timed refresh: refreshing now would print a stale step
-            # count (a bar over an iterable updates its count only when it redraws).
-            bar.set_postfix(loss=f"{loss.item():.3f}", valid_ndcg=f"{ndcg:.4f}", refresh=False)
-            if stale >= config.patience:
-                break
+    stopped = f"ran all {config.meta_steps} steps"
+    with progress_bar(config.meta_steps, "meta-train", progress) as bar:
+        for step in range(1, config.meta_steps + 1):
+            support, query = sample_episodes(ctx, users, config, rng)
+            support, query = support.to(ctx.device), _query_to(query, ctx.device)
+            loss = query_loss(model, model.adapt(support, config.first_order), query)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            bar.update()
+            if step % config.eval_every == 0 or step == config.meta_steps:  # the last step too
+                ndcg = validation_ndcg(score_fn(model), ctx)
+                history.append({"step": step, "loss": loss.item(), "valid_ndcg@20": ndcg})
+                if ndcg > best[0]:
+                    best, stale = (ndcg, step, copy.deepcopy(model.state_dict())), 0
+                else:
+                    stale += 1
+                shown = {"loss": f"{loss.item():.3f}", "valid_ndcg": f"{ndcg:.4f}"}
+                # Drawn at the bar's next timed refresh, so a log file gets no extra lines.
+                bar.set_postfix(shown | {"best_step": best[1]}, refresh=False)
+                if stale >= config.patience and step < config.meta_steps:
+                    stopped = (
+                        f"stopped at step {step} of {config.meta_steps}: validation NDCG@20 did "
+                        f"not improve for {stale} validations, {config.eval_every} steps apart"
+                    )
+                    break
+    log.info("meta-training %s; best step %d (validation NDCG@20 %.4f)", stopped, best[1], best[0])
     model.load_state_dict(best[2])
     calibration = calibrate_step(model, ctx) if config.calibrate else None
+    if calibration:
+        log.info(
+            "calibrated on validation users: step x%.2f, prior strength x%.2f, "
+            "validation NDCG@20 %.4f -> %.4f",
+            calibration["step_scale"],
+            calibration["prior_scale"],
+            calibration["valid_ndcg@20_before"],
+            calibration["valid_ndcg@20"],
+        )
     seconds = time.perf_counter() - started
     score = score_fn(model)  # and as the service adapts, for the manifest: no side features
     as_served = validation_ndcg(lambda support: score(support.without_features()), ctx)
@@ -259,6 +267,7 @@ def meta_train(
         "calibration": calibration,
         "best_step": best[1],
         "steps": step,
+        "stopped": stopped,
         "seconds": seconds,
         "tasks_per_s": step * config.users_per_step / seconds,
         "history": history,
@@ -274,13 +283,11 @@ def calibrate_step(model: ColdStartModel, ctx: Context) -> dict:
 
     The meta-objective (query log-likelihood) rewards spreading probability over
     all of a user's later items and so favours long steps; NDCG@20 rewards the
-    top of the list. On ml-100k's validation users NDCG@20 peaked at 0.35 to 0.7
-    of the meta-learned step (at the full step one event cost NDCG against none),
-    on ml-1m at a stronger prior. Two numbers fix that without retraining: a
-    factor on the preconditioner (added to log_inner_lr) and on the prior
-    strength (added to log_prior), hill-climbed on a lattice as mf_finetune
-    tunes its own rule. The model is left at the chosen point.
-    The zero-shot start (k = 0) is untouched.
+    top of the list, and peaks at a shorter step or a stronger prior. Two numbers
+    fix that without retraining: a factor on the preconditioner (added to
+    log_inner_lr) and on the prior strength (added to log_prior), hill-climbed on
+    a lattice as mf_finetune tunes its own rule. The model is left at the chosen
+    point. The zero-shot start (k = 0) is untouched.
     """
     lr, prior = model.log_inner_lr.detach().clone(), model.log_prior.detach().clone()
     half = math.log(2.0) / 2

@@ -12,23 +12,20 @@ import torch
 from safetensors.torch import save as save_tensors
 
 from trainer import artifact
-from trainer.data import load_dataset
-from trainer.episodes import make_context
 from trainer.errors import ArtifactError
 from trainer.model import ModelConfig
-from trainer.synth import write_synthetic
 from trainer.train import build_model
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
-    root = tmp_path_factory.mktemp("artifact")
-    write_synthetic(root / "data", n_users=60, n_items=40, seed=0)
-    data = load_dataset(root / "data")
-    ctx = make_context(data, 0, [0, 1, 3], torch.device("cpu"))
+def saved(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_context
+) -> tuple[Path, torch.nn.Module]:
+    ctx = synthetic_context(60, 40, [0, 1, 3])
     model = build_model(ctx, ModelConfig(dim=8))
-    artifact.save(model, data, root / "model", {"seed": 0})
-    return root / "model", model
+    out = tmp_path_factory.mktemp("artifact") / "model"
+    artifact.save(model, ctx.data, out, {"seed": 0})
+    return out, model
 
 
 def test_round_trip_keeps_every_tensor_and_the_manifest(saved) -> None:
@@ -173,7 +170,7 @@ def test_missing_or_invalid_manifest_is_refused(saved, tmp_path: Path) -> None:
 
 
 def test_a_source_checkout_without_package_metadata_still_saves(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, monkeypatch, synthetic_context
 ) -> None:
     def uninstalled(package: str) -> str:
         if package == "coldstart":
@@ -181,20 +178,18 @@ def test_a_source_checkout_without_package_metadata_still_saves(
         return "1.0"
 
     monkeypatch.setattr(artifact, "version", uninstalled)
-    write_synthetic(tmp_path / "data", n_users=30, n_items=20, seed=0)
-    data = load_dataset(tmp_path / "data")
-    model = build_model(make_context(data, 0, [0, 1], torch.device("cpu")), ModelConfig(dim=4))
-    manifest = artifact.save(model, data, tmp_path / "model", {"seed": 0})
+    ctx = synthetic_context(30, 20, [0, 1])
+    model = build_model(ctx, ModelConfig(dim=4))
+    manifest = artifact.save(model, ctx.data, tmp_path / "model", {"seed": 0})
     assert manifest["versions"]["coldstart"] == "not installed"
     assert manifest["versions"]["torch"] == "1.0"
     assert artifact.load(tmp_path / "model").version == manifest["model_version"]
 
 
-def test_the_fingerprint_tells_swapped_side_features_apart(tmp_path: Path) -> None:
+def test_the_fingerprint_tells_swapped_side_features_apart(synthetic_data) -> None:
     """The prior reads the side features: the same vocabulary with values moved between
     users (or items) is other data."""
-    write_synthetic(tmp_path / "data", n_users=30, n_items=20, seed=0)
-    data = load_dataset(tmp_path / "data")
+    data = synthetic_data(30, 20)
     genders = data.user_features["gender"]
     swapped_genders = np.select([genders == 1, genders == 2], [2, 1], genders)
     swapped = dataclasses.replace(
@@ -205,9 +200,8 @@ def test_the_fingerprint_tells_swapped_side_features_apart(tmp_path: Path) -> No
     assert artifact.data_fingerprint(moved) != artifact.data_fingerprint(data)
 
 
-def test_the_fingerprint_tells_renamed_users_apart(tmp_path: Path) -> None:
+def test_the_fingerprint_tells_renamed_users_apart(synthetic_data) -> None:
     """The split hashes raw user ids, so renamed users are another split of the same events."""
-    write_synthetic(tmp_path / "data", n_users=30, n_items=20, seed=0)
-    data = load_dataset(tmp_path / "data")
+    data = synthetic_data(30, 20)
     renamed = dataclasses.replace(data, user_ids=[f"x{u}" for u in data.user_ids])
     assert artifact.data_fingerprint(renamed) != artifact.data_fingerprint(data)

@@ -14,7 +14,7 @@ from trainer.baselines.item_knn import ItemKNN, cosine_similarity
 from trainer.baselines.melu import LocalRule, MeLU, _MeLUNet, local_update
 from trainer.baselines.mf import MatrixFactorisation
 from trainer.baselines.popularity import Popularity
-from trainer.data import Dataset, load_dataset
+from trainer.data import Dataset
 from trainer.episodes import Context
 from trainer.errors import DataError
 from trainer.evaluate import ColdStart
@@ -23,11 +23,9 @@ from trainer.split import (
     Support,
     UserSplit,
     protocol_order,
-    split_users,
     support_batch,
     user_feature_matrix,
 )
-from trainer.synth import write_synthetic
 from trainer.train import TrainConfig
 
 SIZES = [0, 1, 3, 5]
@@ -55,11 +53,8 @@ def hand_context(baskets: list[list[int]], n_items: int) -> Context:
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Context:
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic(root, 150, 40, seed=0)
-    data = load_dataset(root)
-    return context(data, split_users(data, seed=0))
+def synthetic(synthetic_context) -> Context:
+    return synthetic_context(150, 40, SIZES)
 
 
 def supports(ctx: Context, ks: list[int]) -> Support:
@@ -190,6 +185,22 @@ def test_implicit_data_has_no_ratings(method, synthetic: Context) -> None:
     support = supports(ctx, [0, 4])
     assert torch.isfinite(method.scores(support)).all()
     assert method.ratings(support) is None
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        MatrixFactorisation(
+            dim=8, epochs=2, eval_every=1, weight_decays=(1.0, 10.0), progress=True
+        ),
+        MeLU(epochs=2, eval_every=1, dims=(4, 8, 4, 8, 4), progress=True),
+    ],
+    ids=lambda m: m.name,
+)
+def test_a_long_fit_shows_a_bar_over_its_epochs(method, synthetic: Context, capsys) -> None:
+    method.fit(synthetic)
+    last = capsys.readouterr().err.rsplit("\r", 1)[-1]  # the bar as it was left
+    assert last.startswith(method.name) and "100%" in last and "best=" in last
 
 
 def test_tuning_without_validation_users_says_why() -> None:

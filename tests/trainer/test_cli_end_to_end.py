@@ -1,7 +1,7 @@
 """`coldstart synth`, `train` and `evaluate` end to end on synthetic data, and the
 one-line errors a user sees for bad input."""
 
-import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,20 +12,20 @@ from service.cli import main
 from trainer.cli import _support_sizes
 
 
-def test_train_then_evaluate_beats_popularity(tmp_path: Path, capsys) -> None:
-    data, model, out = tmp_path / "data", tmp_path / "model", tmp_path / "eval"
-    assert main(["synth", "--out", str(data), "--users", "500", "--items", "120"]) == 0
-    train = ["train", "--data", str(data), "--out", str(model), "--device", "cpu"]
-    assert main([*train, "--meta-steps", "120", "--eval-every", "40", "--dim", "16"]) == 0
-    manifest = json.loads((model / "manifest.json").read_text())
+def test_train_then_evaluate_beats_popularity(
+    tmp_path: Path, capsys, caplog, train_then_evaluate
+) -> None:
+    caplog.set_level(logging.INFO, logger="trainer.evaluate")
+    run = train_then_evaluate("cpu")
+    manifest, results = run.manifest, run.results
     assert manifest["seed"] == 0 and manifest["validation"]["valid_ndcg@20"] > 0
     assert 0 < manifest["validation"]["valid_ndcg@20_as_served"] < 1
-    evaluate = ["evaluate", "--data", str(data), "--out", str(out), "--model", str(model)]
-    assert main([*evaluate, "--support-sizes", "0,3,10"]) == 0
-    results = json.loads((out / "results.json").read_text(), parse_constant=_not_json)
     assert results["per_seed"][0]["methods"]["item_knn"]["3"]["mae"] is None  # null, not NaN
     baselines = {"popularity", "item_knn", "mf_finetune", "melu"}
     assert set(results["methods"]) == baselines | {"coldstart", "coldstart_as_served"}
+    for name in results["methods"]:  # each fit says when it starts and how long it took
+        assert f"seed 0: fitting {name}" in caplog.text
+        assert f"seed 0: {name} fitted in " in caplog.text
     ours, popularity = results["methods"]["coldstart"], results["methods"]["popularity"]
     for k in ("3", "10"):
         assert ours[k]["ndcg@20"] > popularity[k]["ndcg@20"]
@@ -33,28 +33,23 @@ def test_train_then_evaluate_beats_popularity(tmp_path: Path, capsys) -> None:
     assert results["model_version"] == manifest["model_version"]
     assert results["seeds"] == [0]  # the model's own split: other seeds test its training users
     assert results["model_config"]["dim"] == 16  # the model's, not the flags' default
-    assert (out / "ndcg.png").stat().st_size > 0
-    assert "coldstart" in (out / "results.md").read_text()
+    assert (run.out / "ndcg.png").stat().st_size > 0
+    assert "coldstart" in (run.out / "results.md").read_text()
     assert "| ndcg@20 |" in capsys.readouterr().out
+    evaluate = run.evaluate
     assert main([*evaluate, "--seeds", "1"]) == 2
     assert "trained on the split of seed 0" in capsys.readouterr().err
     assert main([*evaluate, "--dim", "8", "--meta-steps", "7"]) == 2
     assert "own settings; drop --dim, --meta-steps" in capsys.readouterr().err
-    shutil.copytree(data, tmp_path / "fewer")
+    shutil.copytree(run.data, tmp_path / "fewer")
     interactions = tmp_path / "fewer" / "interactions.csv"
     interactions.write_text("".join(interactions.read_text().splitlines(keepends=True)[:-1]))
     assert main([*evaluate[:2], str(tmp_path / "fewer"), *evaluate[3:]]) == 2
     assert "trained on different data" in capsys.readouterr().err
-    shutil.copytree(data, tmp_path / "no_users")
+    shutil.copytree(run.data, tmp_path / "no_users")
     (tmp_path / "no_users" / "users.csv").unlink()
-    evaluate[2] = str(tmp_path / "no_users")
-    assert main(evaluate) == 2
+    assert main([*evaluate[:2], str(tmp_path / "no_users"), *evaluate[3:]]) == 2
     assert "other user features" in capsys.readouterr().err
-
-
-def _not_json(constant: str) -> None:
-    """json.loads accepts NaN and Infinity, which strict parsers (and the contract) do not."""
-    raise AssertionError(f"results.json holds {constant}")
 
 
 def test_malformed_data_is_one_line_with_exit_code_2(tmp_path: Path, capsys) -> None:
@@ -67,23 +62,24 @@ def test_malformed_data_is_one_line_with_exit_code_2(tmp_path: Path, capsys) -> 
     assert not (tmp_path / "m").exists()  # bad input leaves no empty --out behind
 
 
-def test_a_corrupt_model_is_refused_with_exit_code_2(tmp_path: Path, capsys) -> None:
+@pytest.fixture
+def small(synthetic_dir) -> Path:
+    """A synthetic data set of 50 users and 20 items: enough to get past the input checks."""
+    return synthetic_dir(50, 20)
+
+
+def test_a_corrupt_model_is_refused_with_exit_code_2(tmp_path: Path, small: Path, capsys) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "manifest.json").write_text("{")
-    main(["synth", "--out", str(tmp_path / "data"), "--users", "50", "--items", "20"])
-    capsys.readouterr()
-    evaluate = ["evaluate", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "e")]
+    evaluate = ["evaluate", "--data", str(small), "--out", str(tmp_path / "e")]
     assert main([*evaluate, "--model", str(tmp_path / "model")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
 
 
-def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path, capsys) -> None:
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path, small: Path, capsys) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    main(["synth", "--out", str(tmp_path / "d"), "--users", "50", "--items", "20"])
-    code = main(
-        ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "m"), "--device", "cuda"]
-    )
+    code = main(["train", "--data", str(small), "--out", str(tmp_path / "m"), "--device", "cuda"])
     assert code == 2
     assert "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()  # refused before --out was made
@@ -99,11 +95,9 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path, capsys) -> None:
     ],
 )
 def test_impossible_settings_are_one_line_with_exit_code_2(
-    tmp_path: Path, capsys, command: str, flags: list[str], message: str
+    tmp_path: Path, small: Path, capsys, command: str, flags: list[str], message: str
 ) -> None:
-    main(["synth", "--out", str(tmp_path / "d"), "--users", "50", "--items", "20"])
-    capsys.readouterr()
-    code = main([command, "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), *flags])
+    code = main([command, "--data", str(small), "--out", str(tmp_path / "o"), *flags])
     error = capsys.readouterr().err.strip()
     assert code == 2
     assert message in error and "\n" not in error
@@ -201,11 +195,11 @@ def test_synth_refuses_a_size_it_could_not_hold(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "d").exists()
 
 
-def test_an_out_directory_that_cannot_be_created_is_one_line(tmp_path: Path, capsys) -> None:
-    main(["synth", "--out", str(tmp_path / "d"), "--users", "50", "--items", "20"])
-    capsys.readouterr()
+def test_an_out_directory_that_cannot_be_created_is_one_line(
+    tmp_path: Path, small: Path, capsys
+) -> None:
     (tmp_path / "a_file").write_text("")
     out = tmp_path / "a_file" / "model"
-    assert main(["train", "--data", str(tmp_path / "d"), "--out", str(out)]) == 2
+    assert main(["train", "--data", str(small), "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
     assert error == f"coldstart: error: --out {out}: cannot create it (Not a directory)"

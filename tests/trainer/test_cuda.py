@@ -5,32 +5,23 @@ Skipped where torch sees no CUDA device, as in CI; on a GPU machine:
 `python -m pytest tests/trainer/test_cuda.py` (benchmarks/gpu_train.sh runs it).
 """
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from service.cli import main
 from trainer import artifact
-from trainer.data import load_dataset
 from trainer.episodes import make_context, rank_metrics
 from trainer.model import ModelConfig
-from trainer.synth import write_synthetic
 from trainer.train import build_model, score_fn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def test_train_and_evaluate_every_method_on_cuda(tmp_path: Path) -> None:
-    data, model, out = tmp_path / "data", tmp_path / "model", tmp_path / "eval"
-    assert main(["synth", "--out", str(data), "--users", "500", "--items", "120"]) == 0
-    train = ["train", "--data", str(data), "--out", str(model), "--device", "cuda"]
-    assert main([*train, "--meta-steps", "120", "--eval-every", "40", "--dim", "16"]) == 0
-    assert json.loads((model / "manifest.json").read_text())["training"]["device"] == "cuda"
-    evaluate = ["evaluate", "--data", str(data), "--out", str(out), "--model", str(model)]
-    assert main([*evaluate, "--support-sizes", "0,3,10", "--device", "cuda"]) == 0
-    results = json.loads((out / "results.json").read_text())["methods"]
+def test_train_and_evaluate_every_method_on_cuda(train_then_evaluate) -> None:
+    run = train_then_evaluate("cuda")
+    assert run.manifest["training"]["device"] == "cuda"
+    results = run.results["methods"]
     baselines = {"popularity", "item_knn", "mf_finetune", "melu"}
     assert set(results) == baselines | {"coldstart", "coldstart_as_served"}
     for k in ("3", "10"):
@@ -38,9 +29,8 @@ def test_train_and_evaluate_every_method_on_cuda(tmp_path: Path) -> None:
         assert results["coldstart"][k]["mae"] is not None
 
 
-def test_a_model_adapts_and_ranks_alike_on_cuda_and_cpu(tmp_path: Path) -> None:
-    write_synthetic(tmp_path / "data", n_users=400, n_items=150, seed=1)
-    data = load_dataset(tmp_path / "data")
+def test_a_model_adapts_and_ranks_alike_on_cuda_and_cpu(tmp_path: Path, synthetic_data) -> None:
+    data = synthetic_data(400, 150, seed=1)
     cpu, cuda = (make_context(data, 0, [0, 3, 10], torch.device(d)) for d in ("cpu", "cuda"))
     model = build_model(cpu, ModelConfig(dim=16)).requires_grad_(False)
     users = cpu.validation_users()

@@ -4,17 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.data import load_dataset
-from trainer.episodes import batches, make_context, masked_scores, rank_metrics
+from trainer.episodes import batches, masked_scores, rank_metrics
 from trainer.metrics import top_k
-from trainer.synth import write_synthetic
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic(root, 200, 50, seed=0)
-    return make_context(load_dataset(root), 0, [0, 3], torch.device("cpu"))
+def ctx(synthetic_context):
+    return synthetic_context(200, 50, [0, 3])
 
 
 def _support_first(support) -> torch.Tensor:

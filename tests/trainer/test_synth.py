@@ -14,10 +14,8 @@ N_USERS, N_ITEMS = 300, 200
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic(root, N_USERS, N_ITEMS, seed=0)
-    return load_dataset(root)
+def data(synthetic_data) -> Dataset:
+    return synthetic_data(N_USERS, N_ITEMS)
 
 
 def read_all(root: Path) -> dict[str, bytes]:

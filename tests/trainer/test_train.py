@@ -2,16 +2,15 @@
 users."""
 
 import dataclasses
+import logging
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from trainer.data import load_dataset
 from trainer.episodes import Context, make_context, validation_ndcg
 from trainer.model import ModelConfig
-from trainer.synth import write_synthetic
 from trainer.train import (
     Query,
     TrainConfig,
@@ -26,10 +25,8 @@ from trainer.train import (
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory: pytest.TempPathFactory) -> Context:
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic(root, 300, 60, seed=0)
-    return make_context(load_dataset(root), 0, [0, 1, 3, 5], torch.device("cpu"))
+def ctx(synthetic_context) -> Context:
+    return synthetic_context(300, 60, [0, 1, 3, 5])
 
 
 def test_calibration_shortens_an_overshooting_step_and_never_loses_validation_ndcg(ctx) -> None:
@@ -52,11 +49,45 @@ def test_calibration_shortens_an_overshooting_step_and_never_loses_validation_nd
 
 
 def test_the_last_step_is_validated_when_eval_every_does_not_divide_the_run(ctx) -> None:
-    """Else a run shorter than eval_every kept the untrained model, and a longer one dropped
-    the steps after its last multiple unseen."""
+    """Else a run shorter than eval_every would keep the untrained model, and a longer one
+    would drop the steps after its last multiple unseen."""
     config = TrainConfig(meta_steps=7, eval_every=5, users_per_step=16, calibrate=False)
     _, summary = meta_train(ctx, ModelConfig(dim=8), config, progress=False)
     assert [row["step"] for row in summary["history"]] == [0, 5, 7]
+
+
+def _scripted_validation(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> None:
+    """Validation NDCG@20 as listed, one value per validation from step 0; 0 afterwards."""
+    values = iter(scores)
+    monkeypatch.setattr("trainer.train.validation_ndcg", lambda score, ctx: next(values, 0.0))
+
+
+def test_an_early_stop_ends_the_bar_at_the_step_reached_and_says_why(
+    ctx, monkeypatch, caplog, capsys
+) -> None:
+    _scripted_validation(monkeypatch, [0.5, 0.6, 0.55, 0.54])  # steps 0, 5, 10, 15
+    config = TrainConfig(
+        meta_steps=100, eval_every=5, patience=2, users_per_step=16, calibrate=False
+    )
+    with caplog.at_level(logging.INFO, logger="trainer.train"):
+        _, summary = meta_train(ctx, ModelConfig(dim=8), config)
+    assert (summary["steps"], summary["best_step"]) == (15, 5)
+    assert (
+        "meta-training stopped at step 15 of 100: validation NDCG@20 did not improve for 2 "
+        "validations, 5 steps apart; best step 5 (validation NDCG@20 0.6000)"
+    ) in caplog.text
+    last = capsys.readouterr().err.rsplit("\r", 1)[-1]  # the bar as it was left
+    assert "100%" in last and "15/15" in last
+
+
+def test_a_run_that_spends_every_step_says_so(ctx, monkeypatch, caplog, capsys) -> None:
+    _scripted_validation(monkeypatch, [0.5, 0.6, 0.7])  # steps 0, 5, 10
+    config = TrainConfig(meta_steps=10, eval_every=5, users_per_step=16, calibrate=False)
+    with caplog.at_level(logging.INFO, logger="trainer.train"):
+        meta_train(ctx, ModelConfig(dim=8), config)
+    assert "meta-training ran all 10 steps; best step 10 (validation NDCG@20 0.7000)" in caplog.text
+    last = capsys.readouterr().err.rsplit("\r", 1)[-1]
+    assert "100%" in last and "10/10" in last
 
 
 def test_feature_dropout_hides_whole_users_side_features_in_that_share_of_episodes(ctx) -> None:

@@ -14,7 +14,7 @@ shared with MeLU, which trains on the same likelihood.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 
 import numpy as np
@@ -26,6 +26,7 @@ from trainer.adapt import InnerRule, ItemTables
 from trainer.baselines.popularity import item_counts
 from trainer.episodes import Context, require_validation_users, validation_ndcg
 from trainer.lattice import climb
+from trainer.progress import progress_bar
 from trainer.split import Sequences, Support, positions_after
 
 # The inner rule (rate c, prior p) is searched on a log lattice, c = RATE * 3**i in units of
@@ -90,10 +91,12 @@ class MatrixFactorisation:
         lr: float = 3e-3,  # Adam learning rate
         weight_decays: tuple[float, ...] = (1.0, 10.0),  # AdamW decay: one fit each, best kept
         rating_weight: float = 0.05,  # weight of rating error, in training and in the inner step
+        progress: bool = False,  # a bar over the epochs of every fit
     ) -> None:
         self.dim, self.inner_steps = dim, inner_steps
         self.epochs, self.eval_every, self.batch_size = epochs, eval_every, batch_size
         self.lr, self.weight_decays, self.rating_weight = lr, weight_decays, rating_weight
+        self.progress = progress
 
     def fit(self, ctx: Context) -> None:
         """One training run per weight decay; keeps the validation-best checkpoint of all."""
@@ -104,15 +107,25 @@ class MatrixFactorisation:
         targets = query_targets(ctx.seqs, train, np.zeros_like(train), ctx.data.n_items)
         counts, ratings = (t.to(ctx.device) for t in targets)  # (U, I) each
         best = -1.0
-        for decay in self.weight_decays:
-            for factors in self._train(ctx, counts, ratings, decay):
-                ndcg = self._select_rule(copy.deepcopy(factors).requires_grad_(False), ctx)
-                if ndcg > best:
-                    best, chosen = ndcg, (self.tables, self.mean_user, self.rule)
+        epochs = len(self.weight_decays) * self.epochs
+        with progress_bar(epochs, self.name, self.progress) as bar:
+            for decay in self.weight_decays:
+                for factors in self._train(ctx, counts, ratings, decay, bar.update):
+                    ndcg = self._select_rule(copy.deepcopy(factors).requires_grad_(False), ctx)
+                    if ndcg > best:
+                        best, chosen = ndcg, (self.tables, self.mean_user, self.rule)
+                    bar.set_postfix(
+                        decay=decay, valid_ndcg=f"{ndcg:.4f}", best=f"{best:.4f}", refresh=False
+                    )
         self.tables, self.mean_user, self.rule = chosen
 
     def _train(
-        self, ctx: Context, counts: torch.Tensor, ratings: torch.Tensor, decay: float
+        self,
+        ctx: Context,
+        counts: torch.Tensor,
+        ratings: torch.Tensor,
+        decay: float,
+        epoch_done: Callable[[], object],
     ) -> Iterator[_Factors]:
         """Train from scratch, yielding the factors at every checkpoint epoch."""
         gen = torch.Generator().manual_seed(ctx.seed)
@@ -143,6 +156,7 @@ class MatrixFactorisation:
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
+            epoch_done()
             if epoch % self.eval_every == 0 or epoch == self.epochs:
                 yield factors
 
