@@ -36,6 +36,7 @@ from service.lifecycle import Lifecycle
 from service.localstack import LocalStack
 from service.metrics import Metrics
 from service.model import ServingModel
+from service.profiles import ProfileWriter
 from service.recommend import Recommender
 from service.reload import ModelReloader
 from service.servicer import RecommenderServicer
@@ -91,6 +92,7 @@ class Service(Lifecycle):
         self._stores: list[UserStore] = []
         self._sink: KafkaEventSink | None = None
         self.recommender: Recommender | None = None
+        self.profiles: ProfileWriter | None = None
         self.ingestor: Ingestor | None = None
         self._reloading = threading.Event()  # set to stop the model reloader
         self._reloader_thread: threading.Thread | None = None
@@ -130,15 +132,16 @@ class Service(Lifecycle):
         serving_store = self._store(serving_redis(self.redis_url, s.redis_timeout_s, s))
         self._sink = KafkaEventSink(self.kafka_bootstrap, s.topic, client_options=kafka_options(s))
         self.recommender = Recommender(self.model, serving_store, self.metrics)
+        self.profiles = ProfileWriter(self.model, serving_store, self.metrics)
         self.ingestor = Ingestor(
-            self.model.item_index,
+            self.model,
             self._sink,
             self.metrics,
             s.max_stream_events,
             s.grpc_workers // 2,  # open streams: the other workers stay free for Recommend
         )
         self.grpc = start_server(
-            RecommenderServicer(self.recommender, self.ingestor, self.metrics),
+            RecommenderServicer(self.recommender, self.ingestor, self.profiles, self.metrics),
             host=s.grpc_host,
             port=s.grpc_port,
             workers=s.grpc_workers,
@@ -167,10 +170,12 @@ class Service(Lifecycle):
         """Serve and adapt with `model` from now on: requests at once, events from the next
         batch. Stored states of the old version are re-adapted as they are read."""
         assert self.recommender is not None and self.ingestor is not None
+        assert self.profiles is not None
         assert self.consumer is not None
         self.model = model
         self.recommender.model = model
-        self.ingestor.item_index = model.item_index
+        self.ingestor.model = model
+        self.profiles.model = model
         self.consumer.use_model(model)
         self.metrics.set_model(model.version, len(model.item_ids), model.dim)
         heap.settle()

@@ -29,7 +29,7 @@ from service.events import Event
 from service.history import History, HistoryEntry, Interaction
 from service.model import ServingModel
 from service.observer import StreamObserver
-from service.state import Source, StateStore, UserRecord, now_ms
+from service.state import Source, StateStore, UserRecord, merge_profile, now_ms
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +127,10 @@ class EventApplier:
             added, self.store.history_limit
         )
         marks = dict(stored.watermarks) if stored else {}
+        profile = stored.profile if stored else {}
         for sourced in events:
             marks[sourced.source] = max(marks.get(sourced.source, -1), sourced.offset)
+            profile = merge_profile(profile, sourced.event.features)
         record = UserRecord(
             user_id=user,
             vector=stored.vector if stored else self.model.prior.numpy(),
@@ -136,6 +138,7 @@ class EventApplier:
             model_version=self.model.version,
             state_version=(stored.state_version if stored else 0) + 1,
             watermarks=marks,
+            profile=profile,
         )
         return _Update(stored, events, record, self._interactions(record))
 
@@ -143,9 +146,14 @@ class EventApplier:
         """Re-adapts every updated user in one call and writes them in one pipeline."""
         records = [update.record for update in updates.values()]
         histories = [update.interactions for update in updates.values()]
+        profiles = [record.profile for record in records]
         started = time.perf_counter()
-        vectors = self.model.adapt(histories).numpy()  # (B, d)
+        vectors = self.model.adapt(histories, profiles).numpy()  # (B, d)
         self.observer.on_batch(len(records), time.perf_counter() - started)
+        self.observer.on_adapted_with_profile(sum(1 for profile in profiles if profile))
+        for profile in profiles:
+            for name in self.model.unknown_values(profile):
+                self.observer.on_unknown_feature_value(name)
         written_at = now_ms()
         records = [
             replace(record, vector=vector.copy(), updated_at_ms=written_at)
@@ -156,7 +164,8 @@ class EventApplier:
             events = updates[user].events
             self.observer.on_event_applied(len(events))
             for sourced in events:
-                self.observer.on_freshness(max(0.0, (written_at - sourced.event.ts) / 1000))
+                if sourced.event.ts is not None:
+                    self.observer.on_freshness(max(0.0, (written_at - sourced.event.ts) / 1000))
         return written
 
     def _interactions(self, record: UserRecord) -> list[Interaction]:

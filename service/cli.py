@@ -58,8 +58,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.meta_steps < 1:
         raise ColdstartError(f"--meta-steps must be at least 1, got {args.meta_steps}")
-    if args.replay_users < 0:
-        raise ColdstartError(f"--replay-users must be 0 or more, got {args.replay_users}")
+    for flag, value in (
+        ("--replay-users", args.replay_users),
+        ("--measured-users", args.measured_users),
+    ):
+        if value < 0:
+            raise ColdstartError(f"{flag} must be 0 or more, got {value}")
     _refuse("--grpc-port", port_problems(args.grpc_port))
     _refuse("--metrics-port", port_problems(args.metrics_port))
     if not args.verbose:
@@ -69,6 +73,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         data_format=args.format,
         seed=args.seed,
         meta_steps=args.meta_steps,
+        measured_users=args.measured_users,
         replay_users=args.replay_users,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
@@ -114,6 +119,9 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     add_format_flag(demo)
     demo.add_argument("--seed", type=seed_flag, default=0)
     demo.add_argument("--meta-steps", type=int, default=60, help="quick-training outer steps")
+    demo.add_argument(
+        "--measured-users", type=int, default=300, help="test users whose mean hits@10 is measured"
+    )
     demo.add_argument("--replay-users", type=int, default=30, help="test users replayed at the end")
     demo.add_argument("--grpc-port", type=int, default=0, help="default: any free port")
     demo.add_argument("--metrics-port", type=int, default=0, help="default: any free port")

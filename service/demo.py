@@ -4,13 +4,16 @@ Why it exists: a newcomer should see the product's promise happen, not read
 about it. The tour makes (or reads) a data set, meta-trains a model briefly,
 starts the embedded broker and Redis and the service in this process, then
 follows one test user (never seen in training) from a cold start through
-their first events: their top-10 before any event and after 1, 3 and 5
-events, how long each event took to change their answers, and how fast a
-Recommend is. Items the user will interact with later are starred, so the
-effect of adaptation is visible. A short replay of more test users then
-fills the metrics, whose URL is printed. Everything goes through the public
-paths: events enter by the RecordEvents RPC, pass the topic and the
-consumer, land in Redis, and come back by Recommend.
+their first events: their profile given once by UpsertUser, their top-10
+before any event and after 1, 3 and 5 events, how long each event took to
+change their answers, and how fast a Recommend is. Items the user will
+interact with later are starred, so the effect of adaptation is visible. One
+user is an anecdote, so the tour then measures the mean hits@10 of a few
+hundred test users before and after their first events, the offline
+evaluation's question asked of the running service, and a replay of more
+test users fills the metrics. Everything goes through the public paths:
+events enter by the RecordEvents RPC, pass the topic and the consumer, land
+in Redis, and come back by Recommend.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 STEPS = (1, 3, 5)  # show the user's top-10 after this many events
 TOP = 10
+FIRST_EVENTS = 3  # the measured users' events sent before their hits are counted again
 LATENCY_CALLS = 200  # Recommend calls timed per measurement
 ADAPT_TIMEOUT_S = 30.0  # waiting for an event to reach the user's state
 
@@ -55,6 +59,7 @@ class DemoOptions:
     items: int = 300  # synthetic items
     seed: int = 0  # data, split and training seed
     meta_steps: int = 60  # outer steps of the quick training
+    measured_users: int = 300  # test users whose mean hits@10 is measured (at most)
     replay_users: int = 30  # further test users replayed at the end
     grpc_port: int = 0  # 0: any free port
     metrics_port: int = 0  # 0: any free port
@@ -84,7 +89,7 @@ def run_demo(options: DemoOptions) -> None:
         with Service(settings) as service:
             url = f"http://127.0.0.1:{service.metrics_port}/metrics"
             say(
-                f"[3/5] service up in {time.perf_counter() - clock:.1f} s: Kafka (tansu) at "
+                f"[3/6] service up in {time.perf_counter() - clock:.1f} s: Kafka (tansu) at "
                 f"{service.kafka_bootstrap}, Redis at {service.redis_url}, gRPC at "
                 f"127.0.0.1:{service.grpc_port}, metrics at {url} while it runs"
             )
@@ -92,7 +97,8 @@ def run_demo(options: DemoOptions) -> None:
             channel = grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}")
             try:
                 stub = recommender_pb2_grpc.RecommenderStub(channel)
-                _follow_one_user(stub, data, options.seed)
+                followed = _follow_one_user(stub, data, options.seed)
+                _measure_hits(stub, service, data, options, followed)
                 _replay_more(service, data_dir, options)
             finally:
                 channel.close()
@@ -111,7 +117,7 @@ def _synthesize(out: Path, options: DemoOptions) -> Path:
     clock = time.perf_counter()
     write_synthetic(out, options.users, options.items, options.seed)
     say(
-        f"[1/5] synthetic data: {options.users} users x {options.items} items with planted "
+        f"[1/6] synthetic data: {options.users} users x {options.items} items with planted "
         f"taste clusters ({time.perf_counter() - clock:.1f} s)"
     )
     return out
@@ -119,14 +125,14 @@ def _synthesize(out: Path, options: DemoOptions) -> Path:
 
 def _train(data: Dataset, out: Path, options: DemoOptions) -> Path:
     if options.data is not None:
-        say(f"[1/5] data: {data.name}, {data.n_users} users x {data.n_items} items")
+        say(f"[1/6] data: {data.name}, {data.n_users} users x {data.n_items} items")
     clock = time.perf_counter()
     ctx = make_context(data, options.seed, [0, 1, 3, 5, 10], torch.device("cpu"))
     config = TrainConfig(meta_steps=options.meta_steps, users_per_step=64, eval_every=20)
     model, summary = meta_train(ctx, ModelConfig(), config, progress=False)
     manifest = artifact.save(model, data, out, {"seed": options.seed, "demo": True})
     say(
-        f"[2/5] quick meta-training: {summary['steps']} outer steps in "
+        f"[2/6] quick meta-training: {summary['steps']} outer steps in "
         f"{time.perf_counter() - clock:.0f} s, validation NDCG@20 "
         f"{summary['valid_ndcg@20']:.3f}, model {manifest['model_version']}"
     )
@@ -147,16 +153,19 @@ def _wait_for_consumer(service: Service) -> None:
     raise ColdstartError("the consumer did not join its group within 60 s")
 
 
-def _follow_one_user(stub: recommender_pb2_grpc.RecommenderStub, data: Dataset, seed: int) -> None:
+def _follow_one_user(stub: recommender_pb2_grpc.RecommenderStub, data: Dataset, seed: int) -> int:
+    """Shows one test user's answers from a cold start through their first events; returns
+    the user."""
     user, events = _pick_user(data, seed)
     user_id = data.user_ids[user]
-    features = _features(data, user)
+    profile = data.profile(user)
     future = {data.item_ids[item] for _, _, item, _ in events[max(STEPS) :]}
     say(
-        f"[4/5] following test user {user_id} (never seen in training; features "
-        f"{features or 'none'}); * marks items they interact with later"
+        f"[4/6] following test user {user_id} (never seen in training; profile "
+        f"{profile or 'none'}, given once by UpsertUser); * marks items they interact with later"
     )
-    request = recommender_pb2.RecommendRequest(user_id=user_id, k=TOP, features=features)
+    _upsert(stub, user_id, profile)
+    request = recommender_pb2.RecommendRequest(user_id=user_id, k=TOP)
     answer = stub.Recommend(request)
     _show("before any event", answer, future, _latency(stub, request))
     sent = 0
@@ -179,6 +188,71 @@ def _follow_one_user(stub: recommender_pb2_grpc.RecommenderStub, data: Dataset, 
             _latency(stub, request),
         )
         sent = step
+    return user
+
+
+def _upsert(stub: recommender_pb2_grpc.RecommenderStub, user_id: str, profile: dict) -> None:
+    if profile:
+        stub.UpsertUser(recommender_pb2.UpsertUserRequest(user_id=user_id, features=profile))
+
+
+def _measure_hits(
+    stub: recommender_pb2_grpc.RecommenderStub,
+    service: Service,
+    data: Dataset,
+    options: DemoOptions,
+    followed: int,
+) -> None:
+    """Mean hits@10 of test users before any event (profile only) and after their first
+    FIRST_EVENTS events, against the items they interact with after those: the offline
+    evaluation's question, asked of the running service through its public RPCs."""
+    chosen, order = replay_order(data, options.seed, None)
+    by_user: dict[int, list[tuple[int, int, int, float | None]]] = {}
+    for row in order:
+        by_user.setdefault(row[0], []).append(row)
+    users = [
+        int(u)
+        for u in chosen[options.replay_users :]  # the replay at the end sends the first ones
+        if int(u) != followed and len(by_user[int(u)]) >= FIRST_EVENTS + 5
+    ][: options.measured_users]
+    if not users:
+        return
+    before, batch = [], []
+    for user in users:
+        user_id = data.user_ids[user]
+        _upsert(stub, user_id, data.profile(user))
+        before.append(_hits(stub, data, user_id, by_user[user]))
+        batch += [_event(data, options.seed, user_id, row) for row in by_user[user][:FIRST_EVENTS]]
+    applied = service.metrics.values().get("coldstart_events_applied_total", 0)
+    if stub.RecordEvents(iter(batch)).rejected:
+        raise ColdstartError("the measured users' events were rejected")
+    _await_applied(service, applied + len(batch))
+    after = [_hits(stub, data, data.user_ids[user], by_user[user]) for user in users]
+    say(
+        f"[5/6] mean hits@{TOP} over {len(users)} test users, against the items each "
+        f"interacts with after their first {FIRST_EVENTS}: {statistics.mean(before):.2f} "
+        f"from the profile alone, {statistics.mean(after):.2f} after {FIRST_EVENTS} events"
+    )
+
+
+def _hits(
+    stub: recommender_pb2_grpc.RecommenderStub,
+    data: Dataset,
+    user_id: str,
+    rows: list[tuple[int, int, int, float | None]],
+) -> int:
+    future = {data.item_ids[item] for _, _, item, _ in rows[FIRST_EVENTS:]}
+    answer = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_id, k=TOP))
+    return sum(item.item_id in future for item in answer.items)
+
+
+def _await_applied(service: Service, target: float) -> None:
+    """Waits until the consumer has applied `target` events in all (30 s at most)."""
+    deadline = time.perf_counter() + 30.0
+    while service.metrics.values().get("coldstart_events_applied_total", 0) < target:
+        if time.perf_counter() > deadline:
+            raise ColdstartError("the consumer did not apply the events within 30 s")
+        time.sleep(0.05)
 
 
 def _pick_user(data: Dataset, seed: int) -> tuple[int, list[tuple[int, int, int, float | None]]]:
@@ -192,15 +266,6 @@ def _pick_user(data: Dataset, seed: int) -> tuple[int, list[tuple[int, int, int,
         if len(rows) >= max(STEPS) + TOP:
             return int(user), rows
     raise ColdstartError("no test user has enough events for the demo; use more data")
-
-
-def _features(data: Dataset, user: int) -> dict[str, str]:
-    values = {}
-    for name, codes in data.user_features.items():
-        code = int(codes[user])
-        if code:
-            values[name] = data.user_vocab[name][code]
-    return values
 
 
 def _event(
@@ -274,12 +339,7 @@ def _replay_more(service: Service, data_dir: Path, options: DemoOptions) -> None
         users=options.replay_users,
         seed=options.seed,
     )
-    deadline = time.perf_counter() + 30.0
-    target = before.get("coldstart_events_applied_total", 0) + result.events
-    while service.metrics.values().get("coldstart_events_applied_total", 0) < target:
-        if time.perf_counter() > deadline:
-            break
-        time.sleep(0.05)
+    _await_applied(service, before.get("coldstart_events_applied_total", 0) + result.events)
     values = service.metrics.values()
     applied = values.get("coldstart_events_applied_total", 0) - before.get(
         "coldstart_events_applied_total", 0
@@ -289,7 +349,7 @@ def _replay_more(service: Service, data_dir: Path, options: DemoOptions) -> None
     checks = values.get("coldstart_online_hit_checks_total", 0)
     hits = values.get("coldstart_online_hits_total", 0)
     say(
-        f"[5/5] replayed {result.events} events of {result.users} more test users "
+        f"[6/6] replayed {result.events} events of {result.users} more test users "
         f"({result.events_per_s:.0f} events/s produced); {applied:.0f} applied; mean event-to-"
         f"state freshness {1000 * fresh_sum / max(fresh_n, 1):.0f} ms; online hit rate@10 "
         f"{hits / max(checks, 1):.1%} over {checks:.0f} events"

@@ -9,9 +9,13 @@ person can act on. Nothing here knows Kafka or Redis.
 
 The JSON schema (DESIGN.md, Events and the stream):
     {"event_id": str, "user_id": str, "item_id": str,
-     "type": "view|click|rating|purchase", "value": float, "ts": int (ms)}
-Unknown extra keys are ignored, so producers may add fields. Whether the item
-exists depends on the model, so that check is a separate step (`check_item`).
+     "type": "view|click|rating|purchase", "value": float, "ts": int (ms),
+     "features": {str: str}}
+`value` is required for a rating and defaults to 1.0 otherwise; `ts` defaults to
+the Kafka record's timestamp (absent or 0); `features`, the user's profile, is
+optional. Unknown extra keys are ignored, so producers may add fields. Whether
+the item and the feature names exist depends on the model, so that check is a
+separate step (`check_known`).
 """
 
 from __future__ import annotations
@@ -19,17 +23,20 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, field
 
 from service.errors import InvalidEvent
 
-FIELDS = ("event_id", "user_id", "item_id", "type", "value", "ts")
+FIELDS = ("event_id", "user_id", "item_id", "type")  # required; value, ts, features are not
 EVENT_TYPES = ("view", "click", "rating", "purchase")
 MAX_PAYLOAD_BYTES = 64 * 1024  # a record value larger than this is refused unread
 MAX_ID_CHARS = 256  # event, user and item ids
 RATING_RANGE = (0.0, 10.0)  # inclusive bounds of a rating event's value
 MAX_TS_MS = 2**63 - 1  # int64, as in the protobuf Event
+MAX_FEATURES = 32  # profile features on one event or request
+MAX_FEATURE_NAME_CHARS = 64
+MAX_FEATURE_VALUE_CHARS = 256
 
 # Reason codes: a small fixed set, safe as a metric label and a DLQ header.
 EMPTY = "empty_record"
@@ -46,9 +53,11 @@ UNKNOWN_ITEM = "unknown_item"
 UNREADABLE_STATE = "unreadable_state"  # a valid event whose user's stored state cannot be read
 UNDECODABLE = "undecodable"  # a gRPC Event that is not valid protobuf (a string not UTF-8)
 KEY_MISMATCH = "key_mismatch"  # a Kafka record whose key is not its event's user_id
+BAD_FEATURE = "bad_feature"  # a features map that is not names to bounded strings
+UNKNOWN_FEATURE = "unknown_feature"  # a feature name the model does not know
 REASONS = (EMPTY, TOO_LARGE, BAD_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, BAD_ID)
 REASONS += (UNKNOWN_TYPE, BAD_VALUE, BAD_TS, UNKNOWN_ITEM, UNREADABLE_STATE, UNDECODABLE)
-REASONS += (KEY_MISMATCH,)
+REASONS += (KEY_MISMATCH, BAD_FEATURE, UNKNOWN_FEATURE)
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,8 @@ class Event:
     item_id: str  # raw id, as in the model's catalogue
     type: str  # one of EVENT_TYPES
     value: float  # the rating for "rating", else the interaction's strength (usually 1.0)
-    ts: int  # event time, ms since the Unix epoch
+    ts: int | None  # event time, ms since the Unix epoch; None: the record's timestamp
+    features: Mapping[str, str] = field(default_factory=dict)  # profile features, raw
 
     @property
     def rating(self) -> float | None:
@@ -68,12 +78,19 @@ class Event:
         return self.value if self.type == "rating" else None
 
     def to_json(self) -> bytes:
-        """The record value for the events topic; `parse_event` reads it back unchanged."""
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        """The record value for the events topic; `parse_event` reads it back unchanged
+        (a ts of None is left out, for the consumer to take the record's timestamp)."""
+        document = asdict(self)
+        if self.ts is None:
+            del document["ts"]
+        if not self.features:
+            del document["features"]
+        return json.dumps(document, separators=(",", ":")).encode()
 
 
-def parse_event(value: bytes | None) -> Event:
-    """One record value -> an Event; raises InvalidEvent saying what is wrong."""
+def parse_event(value: bytes | None, record_ts: int | None = None) -> Event:
+    """One record value -> an Event; raises InvalidEvent saying what is wrong. `record_ts`
+    (the Kafka record's timestamp) stands in for an absent ts."""
     if not value:
         raise InvalidEvent(EMPTY, "the record has no value")
     if len(value) > MAX_PAYLOAD_BYTES:
@@ -86,10 +103,10 @@ def parse_event(value: bytes | None) -> Event:
         raise InvalidEvent(BAD_JSON, f"not valid UTF-8 JSON: {error}") from None
     except RecursionError:
         raise InvalidEvent(BAD_JSON, "JSON nested too deeply to parse") from None
-    return event_from_mapping(document)
+    return event_from_mapping(document, record_ts)
 
 
-def event_from_mapping(document: object) -> Event:
+def event_from_mapping(document: object, record_ts: int | None = None) -> Event:
     """A decoded JSON document (or any mapping of the same keys) -> an Event."""
     if not isinstance(document, Mapping):
         raise InvalidEvent(NOT_OBJECT, f"expected a JSON object, got {_json_type(document)}")
@@ -107,16 +124,44 @@ def event_from_mapping(document: object) -> Event:
         item_id=_identifier(document, "item_id"),
         type=event_type,
         value=_value(document, event_type),
-        ts=_timestamp(document),
+        ts=_timestamp(document) or record_ts,
+        features=check_feature_map(document.get("features", {})),
     )
 
 
-def check_item(event: Event, item_index: Mapping[str, int]) -> int:
-    """The event's item index in the model's catalogue; InvalidEvent when the model lacks it."""
-    index = item_index.get(event.item_id)
-    if index is None:
+def check_known(event: Event, item_index: Mapping[str, int], features: Collection[str]) -> None:
+    """InvalidEvent unless the model knows the event's item and its feature names."""
+    if event.item_id not in item_index:
         raise InvalidEvent(UNKNOWN_ITEM, f"item {event.item_id[:64]!r} is not in the catalogue")
-    return index
+    unknown = sorted(set(event.features) - set(features))
+    if unknown:
+        named = ", ".join(repr(name) for name in unknown[:5])
+        raise InvalidEvent(
+            UNKNOWN_FEATURE,
+            f"unknown feature {named}; this model knows {', '.join(features) or 'none'}",
+        )
+
+
+def check_feature_map(features: object) -> dict[str, str]:
+    """A profile's features: at most MAX_FEATURES names of bounded length to bounded strings
+    without control characters (the stored profile uses them as separators). An empty
+    value is allowed: it removes the feature from a stored profile."""
+    if not isinstance(features, Mapping):
+        raise InvalidEvent(WRONG_TYPE, f"features must be an object, got {_json_type(features)}")
+    if len(features) > MAX_FEATURES:
+        raise InvalidEvent(
+            BAD_FEATURE, f"features has {len(features)} entries, more than {MAX_FEATURES}"
+        )
+    for name, value in features.items():
+        if not isinstance(value, str):
+            shown = name[:MAX_FEATURE_NAME_CHARS]
+            raise InvalidEvent(
+                WRONG_TYPE, f"feature {shown!r} must be a string, got {_json_type(value)}"
+            )
+        _check_text(BAD_FEATURE, "a feature name", name, MAX_FEATURE_NAME_CHARS)
+        if value:
+            _check_text(BAD_FEATURE, f"feature {name!r}", value, MAX_FEATURE_VALUE_CHARS)
+    return dict(features)
 
 
 def check_key(event: Event, key: bytes | None) -> None:
@@ -162,22 +207,30 @@ def _identifier(document: Mapping, key: str) -> str:
 
 
 def check_id(key: str, value: str) -> str:
-    """A non-empty id of at most MAX_ID_CHARS characters, none of them refused: the rule
-    for every id the service takes, from an event or a request."""
-    if not value:
-        raise InvalidEvent(BAD_ID, f"{key} is empty")
-    if len(value) > MAX_ID_CHARS:
+    """A non-empty id of at most MAX_ID_CHARS characters, not all blanks, none of them
+    refused: the rule for every id the service takes, from an event or a request."""
+    return _check_text(BAD_ID, key, value, MAX_ID_CHARS)
+
+
+def _check_text(reason: str, what: str, value: str, limit: int) -> str:
+    if not value.strip():
+        raise InvalidEvent(reason, f"{what} is {'blank' if value else 'empty'}")
+    if len(value) > limit:
         raise InvalidEvent(
-            BAD_ID, f"{key} has {len(value)} characters, more than the limit of {MAX_ID_CHARS}"
+            reason, f"{what} has {len(value)} characters, more than the limit of {limit}"
         )
     refused = _REFUSED_CHAR.search(value)
     if refused is not None:
-        what = "an unpaired surrogate" if refused.group() >= "\ud800" else "a control character"
-        raise InvalidEvent(BAD_ID, f"{key} contains {what}")
+        kind = "an unpaired surrogate" if refused.group() >= "\ud800" else "a control character"
+        raise InvalidEvent(reason, f"{what} contains {kind}")
     return value
 
 
 def _value(document: Mapping, event_type: str) -> float:
+    if "value" not in document:
+        if event_type == "rating":
+            raise InvalidEvent(MISSING_FIELD, "a rating event needs a value (the rating)")
+        return 1.0
     value = document["value"]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidEvent(WRONG_TYPE, f"value must be a number, got {_json_type(value)}")
@@ -193,12 +246,17 @@ def _value(document: Mapping, event_type: str) -> float:
     return value
 
 
-def _timestamp(document: Mapping) -> int:
-    value = document["ts"]
+def _timestamp(document: Mapping) -> int | None:
+    """The event's ts; None when absent or 0 (a protobuf Event's unset ts)."""
+    value = document.get("ts")
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidEvent(
             WRONG_TYPE, f"ts must be an integer (ms since the epoch), got {_json_type(value)}"
         )
+    if value == 0:
+        return None
     if not 0 <= value <= MAX_TS_MS:
         raise InvalidEvent(BAD_TS, f"ts {value} is not a non-negative int64 of milliseconds")
     return value

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from service.errors import IngestUnavailable, InvalidEvent, StreamTooLong, TooManyStreams
-from service.events import MAX_ID_CHARS, Event, check_item, event_from_mapping
+from service.events import MAX_ID_CHARS, Event, check_known, event_from_mapping
 from service.metrics import Metrics
+from service.model import ServingModel
 
 MAX_REJECTIONS = 100  # rejection entries listed in a RecordEvents response
 STREAM_CAP = "stream_cap"  # rejection reason of the event that overflowed a stream
@@ -49,13 +50,13 @@ class Ingestor:
 
     def __init__(
         self,
-        item_index: Mapping[str, int],
+        model: ServingModel,
         sink: EventSink,
         metrics: Metrics,
         max_events: int,
         max_streams: int,
     ) -> None:
-        self.item_index = item_index
+        self.model = model  # replaced on a model swap
         self.sink = sink
         self.metrics = metrics
         self.max_events = max_events
@@ -92,7 +93,8 @@ class Ingestor:
                 continue
             try:
                 event = event_from_mapping(document)
-                check_item(event, self.item_index)
+                model = self.model
+                check_known(event, model.item_index, model.feature_names)
             except InvalidEvent as error:
                 self._reject(result, index, str(document.get("event_id", "")), error)
                 continue

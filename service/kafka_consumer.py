@@ -28,7 +28,7 @@ from kafka.structs import OffsetAndMetadata
 from service.applier import EventApplier, SourcedEvent
 from service.dead_letters import DeadLetters
 from service.errors import ConflictError, InvalidEvent, StoreError, StoreUnavailable
-from service.events import UNREADABLE_STATE, check_item, check_key, parse_event
+from service.events import UNREADABLE_STATE, check_key, check_known, parse_event
 from service.model import ServingModel
 from service.observer import StreamObserver
 from service.store import UserStore
@@ -100,7 +100,6 @@ class EventConsumer:
         self.config = config
         self.observer = observer or StreamObserver()
         self.applier = EventApplier(model, store, self.observer)
-        self.item_index = model.item_index
         self._stopping = stopping or threading.Event()
         self._backoff_s = 0.0
         self._consumer: KafkaConsumer | None = None
@@ -177,7 +176,7 @@ class EventConsumer:
         """Poll one micro-batch and apply it; returns the number of records polled."""
         model = self._next_model
         if model is not None and model is not self.applier.model:
-            self.applier.model, self.item_index = model, model.item_index
+            self.applier.model = model
         records = self._poll()
         if records:
             self.process(records)
@@ -240,12 +239,15 @@ class EventConsumer:
 
     def _validate(self, records: Sequence[ConsumerRecord]) -> list[SourcedEvent]:
         """The valid events; the others are sent to the dead-letter topic."""
-        valid = []
+        valid, model = [], self.applier.model
         for record in records:
             try:
-                event = parse_event(record.value)
+                # A record's timestamp (the producer's clock) stands in for an absent ts.
+                event = parse_event(
+                    record.value, record.timestamp if record.timestamp > 0 else None
+                )
                 check_key(event, record.key)
-                check_item(event, self.item_index)
+                check_known(event, model.item_index, model.feature_names)
             except InvalidEvent as invalid:
                 self._dead_letter(record, invalid)
                 continue

@@ -164,6 +164,19 @@ class Metrics(StreamObserver):
             "Redis operations that failed (unreachable, timed out, refused).",
             registry=r,
         )
+        self.adapted_with_profile = Counter(
+            "coldstart_adaptations_with_profile",
+            "Users adapted by the consumer from the prior their stored profile conditions; "
+            "over the adaptation batch histogram's sum, the share of adaptations with a profile.",
+            registry=r,
+        )
+        self.unknown_feature_values = Counter(
+            "coldstart_unknown_feature_values",
+            "Profile values the model does not know, read as unknown (the prior's own slot), "
+            "by feature: in requests, UpsertUser calls and adaptations.",
+            ("feature",),
+            registry=r,
+        )
         self.hit_checks = Counter(
             "coldstart_online_hit_checks",
             "Events checked for the online hit rate (a sample of at most 64 users per consumer "
@@ -233,6 +246,12 @@ class Metrics(StreamObserver):
         """A stale lag would show on the dashboard beside the new owner's live one."""
         with contextlib.suppress(KeyError):
             self.consumer_lag.remove(str(partition))
+
+    def on_adapted_with_profile(self, n: int) -> None:
+        self.adapted_with_profile.inc(n)
+
+    def on_unknown_feature_value(self, feature: str) -> None:
+        self.unknown_feature_values.labels(feature).inc()
 
     def on_hit(self, hit: bool) -> None:
         self.hit_checks.inc()

@@ -22,6 +22,7 @@ from service.history import History, Interaction, decode_entry
 from service.state import UserRecord
 from trainer.adapt import inner_loop
 from trainer.artifact import Artifact
+from trainer.features import UNKNOWN, describe_reading
 from trainer.split import Support
 
 NAMED_FEATURES = 5  # unknown feature names an error message lists
@@ -48,14 +49,13 @@ class ServingModel:
         self.version = artifact.version
         self.item_ids: list[str] = artifact.item_ids
         self.item_index = {item_id: i for i, item_id in enumerate(self.item_ids)}
-        self.feature_names: list[str] = list(artifact.manifest["user_features"])
-        self._codes = [
-            {value: code for code, value in enumerate(values)}
-            for values in artifact.manifest["user_features"].values()
-        ]
+        self.features = artifact.feature_reader  # how a client's raw values read, as in training
+        self.feature_names: list[str] = self.features.names
         self.tables = model.item_tables()
         self.rule = model.rule()
-        self.prior = model.initial_users(torch.zeros(1, len(self._codes), dtype=torch.long))[0]
+        self.prior = model.initial_users(torch.zeros(1, len(self.feature_names), dtype=torch.long))[
+            0
+        ]
         self._model = model
         # Scoring one user is a handful of small ops. numpy's keep the GIL, where each torch
         # op hands it back and forth between the server's threads, so the read path scores
@@ -90,16 +90,34 @@ class ServingModel:
                 f"{', '.join(self.feature_names) or 'none'}"
             )
 
-    def feature_codes(self, features: Mapping[str, str]) -> torch.Tensor:
-        """(F,) codes; an unknown value is code 0 (unknown), an unknown name is an error."""
-        self.check_features(features)
-        return torch.tensor(
-            [
-                codes.get(features.get(name, ""), 0)
-                for name, codes in zip(self.feature_names, self._codes, strict=True)
-            ],
-            dtype=torch.long,
-        )
+    def feature_codes(self, profiles: Sequence[Mapping[str, str]]) -> torch.Tensor:
+        """(B, F) codes of raw profiles: a value the model does not know is code 0, the
+        prior's unknown slot, and so is a name it does not know (a stored profile may hold
+        one from another model; requests and events are checked before they get here)."""
+        codes = [self.features.codes(profile) for profile in profiles]
+        return torch.tensor(codes, dtype=torch.long).reshape(len(profiles), len(self.feature_names))
+
+    def describe_features(self) -> list[tuple[str, list[str], str]]:
+        """(name, accepted values, how a raw value is read) of each feature, by name."""
+        return [
+            (
+                name,
+                [value for value in self.features.values[name] if value != UNKNOWN],
+                describe_reading(self.features.brackets.get(name, ())),
+            )
+            for name in self.feature_names
+        ]
+
+    def features_used(self, profile: Mapping[str, str]) -> list[str]:
+        """The profile's features whose values this model knows, sorted."""
+        return self.features.known(profile)
+
+    def unknown_values(self, profile: Mapping[str, str]) -> list[str]:
+        """The profile's features this model knows by name but not by value."""
+        used = set(self.features_used(profile))
+        return [
+            n for n in sorted(profile) if n in self.features.values and n not in used and profile[n]
+        ]
 
     def is_current(self, record: UserRecord) -> bool:
         """Whether the record's vector was adapted under this model and can be scored as
@@ -114,7 +132,7 @@ class ServingModel:
         key = (record.user_id, record.state_version, record.updated_at_ms)
         vector = self._readapted.get(key)
         if vector is None:
-            vector = self.adapt([interactions])[0].numpy()
+            vector = self.adapt([interactions], [record.profile])[0].numpy()
             self._readapted[key] = vector
             if len(self._readapted) > READAPTED_CACHE:
                 self._readapted.popitem(last=False)  # the oldest; one C call, safe across threads
@@ -139,20 +157,27 @@ class ServingModel:
         except HistoryError:
             return None
 
-    def cold_vector(self, features: Mapping[str, str]) -> np.ndarray:
-        """(d,) the vector of a user with no history, from their side features if any."""
-        codes = self.feature_codes(features).unsqueeze(0)
-        if not codes.any():
-            return self.prior.numpy()
-        with torch.no_grad():
-            return self._model.initial_users(codes)[0].numpy()
+    def cold_vector(self, profile: Mapping[str, str]) -> np.ndarray:
+        """(d,) the vector of a user with no history: the prior their profile conditions."""
+        return self._starts(self.feature_codes([profile]))[0].numpy()
 
-    def adapt(self, histories: Sequence[Sequence[Interaction]]) -> torch.Tensor:
-        """Re-adapts every user from the initialisation on its whole history, in one batched
-        call: (B, d). Starting from the initialisation each time (not from the stored vector)
-        makes the result a function of the history alone, so replays and restarts agree.
-        Events carry no side features, so every user starts from the one prior: inner_loop's
-        first step then scores the catalogue once for the whole batch."""
+    def _starts(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, d) initial vectors of (B, F) codes, or (1, d), the one prior, when no user has
+        a known feature: inner_loop's first step then scores the catalogue once for all."""
+        if not codes.any():
+            return self.prior.unsqueeze(0)
+        with torch.no_grad():
+            return self._model.initial_users(codes)
+
+    def adapt(
+        self,
+        histories: Sequence[Sequence[Interaction]],
+        profiles: Sequence[Mapping[str, str]] | None = None,  # None: no user has one
+    ) -> torch.Tensor:
+        """Re-adapts every user from the prior their profile conditions on their whole
+        history, in one batched call: (B, d). Starting from the initialisation each time
+        (not from the stored vector) makes the result a function of the history and the
+        profile alone, so replays and restarts agree."""
         lengths = np.array([len(h) for h in histories], dtype=np.intp)
         mask = np.arange(max(lengths.max(initial=0), 1)) < lengths[:, None]  # (B, S)
         flat = [event for history in histories for event in history]
@@ -163,13 +188,13 @@ class ServingModel:
         rated[mask] = [rating is not None for rating in given]
         ratings = np.zeros(mask.shape, np.float32)
         ratings[mask] = [rating or 0.0 for rating in given]
-        no_features = torch.zeros(len(histories), len(self._codes), dtype=torch.long)
+        codes = self.feature_codes(profiles or [{}] * len(histories))
         support = Support(
             *(torch.from_numpy(a) for a in (items, mask.astype(np.float32), ratings, rated)),
-            no_features,
+            codes,
         )
         with torch.no_grad():
-            return inner_loop(self.prior.unsqueeze(0), self.tables, support, self.rule)
+            return inner_loop(self._starts(codes), self.tables, support, self.rule)
 
     def scores(self, vector: np.ndarray) -> np.ndarray:
         """(d,) -> (I,) float32 scores over the catalogue: one matrix-vector product."""

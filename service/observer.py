@@ -35,5 +35,11 @@ class StreamObserver:
     def on_revoked(self, partition: int) -> None:
         """`partition` moved to another consumer: its lag is no longer this one's to report."""
 
+    def on_adapted_with_profile(self, n: int) -> None:
+        """`n` of the users a batch adapted started from a stored profile."""
+
+    def on_unknown_feature_value(self, feature: str) -> None:
+        """A profile value of `feature` that the model does not know was read as unknown."""
+
     def on_hit(self, hit: bool) -> None:
         """Whether an event's item was in its user's current top-k before it was applied."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import HistoryError, InvalidEvent, InvalidRequest, StoreError, StoreUnavailable
-from service.events import check_id
+from service.events import check_feature_map, check_id
 from service.metrics import Metrics
 from service.model import ServingModel, item_indices
 from service.state import StateStore, UserRecord
@@ -28,6 +28,7 @@ from service.state import StateStore, UserRecord
 logger = logging.getLogger(__name__)
 
 MAX_K = 1000  # items per Recommend
+DEFAULT_K = 10  # items when a request leaves k unset (proto3 sends 0)
 MAX_CANDIDATES = 10_000  # candidate_item_ids per Recommend
 
 
@@ -47,6 +48,7 @@ class Recommendation:
     state: str  # "cold", "adapted" or "degraded"
     interactions_used: int = 0
     state_version: int = 0
+    features_used: list[str] = field(default_factory=list)  # known profile features, sorted
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class UserSummary:
     state_version: int = 0
     model_version: str = ""
     updated_at_ms: int = 0
+    profile: Mapping[str, str] = field(default_factory=dict)
 
 
 def check_user_id(user_id: str) -> None:
@@ -64,6 +67,15 @@ def check_user_id(user_id: str) -> None:
         check_id("user_id", user_id)
     except InvalidEvent as error:
         raise InvalidRequest(error.message) from None
+
+
+def check_profile(features: Mapping[str, str], model: ServingModel) -> None:
+    """A request's features: bounded names and values (as on events), names the model's."""
+    try:
+        check_feature_map(features)
+    except InvalidEvent as error:
+        raise InvalidRequest(error.message) from None
+    model.check_features(features)  # raises UnknownFeatureError
 
 
 class ThrottledWarning:
@@ -104,50 +116,71 @@ class Recommender:
     def recommend(self, query: RecommendQuery) -> Recommendation:
         model = self.model
         candidates = self._check(query, model)
-        model.check_features(query.features)  # raises UnknownFeatureError
+        k = query.k or DEFAULT_K
         record, state = self._read(query.user_id)
-        if record is not None:
+        if record is not None and record.history:
             try:
-                return self._personal(query, model, record, candidates)
+                return self._personal(query, k, model, record, candidates)
             except HistoryError as error:  # one user's history is unreadable: the others are fine
                 self._warn_degraded("user %r: answering from the prior: %s", query.user_id, error)
                 state = "degraded"
-        items = model.top_k(model.cold_vector(query.features), query.k, candidates=candidates)
+        # A stored profile is the user's own; a request's features stand in for a user the
+        # service holds no profile for.
+        profile = record.profile if record is not None and record.profile else query.features
+        self._count_unknown(model, profile)
+        items = model.top_k(model.cold_vector(profile), k, candidates=candidates)
         self.metrics.on_response(state)
-        return Recommendation(items, model.version, state)
+        version = record.state_version if record is not None and state == "cold" else 0
+        return Recommendation(items, model.version, state, 0, version, model.features_used(profile))
 
     def user_state(self, user_id: str) -> UserSummary:
         check_user_id(user_id)
         record, state = self._read(user_id)
         if record is None:
             return UserSummary(user_id, state)
+        if self.model.seen(record.history) is None:
+            kind = "degraded"
+        else:
+            kind = "adapted" if record.history else "cold"
         return UserSummary(
             user_id,
-            "adapted" if self.model.seen(record.history) is not None else "degraded",
+            kind,
             len(record.history),
             record.state_version,
             record.model_version,
             record.updated_at_ms,
+            record.profile,
         )
 
     def _personal(
         self,
         query: RecommendQuery,
+        k: int,
         model: ServingModel,
         record: UserRecord,
         candidates: list[int] | None,
     ) -> Recommendation:
         vector, known = _vector(model, record)
         seen = () if query.include_seen else known
-        items = model.top_k(vector, query.k, exclude=seen, candidates=candidates)
+        items = model.top_k(vector, k, exclude=seen, candidates=candidates)
         self.metrics.on_response("adapted")
-        return Recommendation(items, model.version, "adapted", len(known), record.state_version)
+        used = model.features_used(record.profile)
+        return Recommendation(
+            items, model.version, "adapted", len(known), record.state_version, used
+        )
+
+    def _count_unknown(self, model: ServingModel, profile: Mapping[str, str]) -> None:
+        for name in model.unknown_values(profile):
+            self.metrics.on_unknown_feature_value(name)
 
     def _check(self, query: RecommendQuery, model: ServingModel) -> list[int] | None:
         """Validates the request; the candidates' item indices, None when unrestricted."""
         check_user_id(query.user_id)
-        if not 1 <= query.k <= MAX_K:
-            raise InvalidRequest(f"k must be between 1 and {MAX_K}, got {query.k}")
+        if not 0 <= query.k <= MAX_K:
+            raise InvalidRequest(
+                f"k must be between 1 and {MAX_K} (or 0 for {DEFAULT_K}), got {query.k}"
+            )
+        check_profile(query.features, model)
         if not query.candidates:
             return None
         if len(query.candidates) > MAX_CANDIDATES:

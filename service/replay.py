@@ -118,6 +118,7 @@ def _protocol_times(data: Dataset) -> np.ndarray | None:
 def _event(
     data: Dataset, seed: int, user: int, position: int, item: int, rating: float | None
 ) -> Event:
+    """The user's first event carries their profile, as a producer that knows it would."""
     user_id = data.user_ids[user]
     return Event(
         event_id=f"{seed}-{user_id}-{position}",
@@ -126,6 +127,7 @@ def _event(
         type="rating" if rating is not None else "click",
         value=rating if rating is not None else 1.0,
         ts=now_ms(),
+        features=data.profile(user) if position == 0 else {},
     )
 
 

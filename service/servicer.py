@@ -19,9 +19,12 @@ import grpc
 from coldstart.v1 import event_pb2, recommender_pb2, recommender_pb2_grpc
 
 from service.errors import (
+    ConflictError,
     IngestUnavailable,
     InvalidEvent,
     InvalidRequest,
+    StoreError,
+    StoreUnavailable,
     StreamTooLong,
     TooManyStreams,
     UnknownFeatureError,
@@ -29,6 +32,7 @@ from service.errors import (
 from service.events import UNDECODABLE
 from service.ingest import Ingestor
 from service.metrics import Metrics
+from service.profiles import ProfileWriter
 from service.recommend import Recommender, RecommendQuery
 
 logger = logging.getLogger(__name__)
@@ -41,6 +45,9 @@ STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (StreamTooLong, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TooManyStreams, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (IngestUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (StoreError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConflictError, grpc.StatusCode.ABORTED),
 )
 STATE_KIND = {
     "cold": recommender_pb2.COLD,
@@ -105,22 +112,32 @@ def _event_document(event: event_pb2.Event | Undecodable) -> dict[str, Any] | In
     if isinstance(event, Undecodable):
         return InvalidEvent(UNDECODABLE, event.reason)
     kind = _EVENT_TYPES.get(event.type, str(event.type))
-    return {
+    document: dict[str, Any] = {
         "event_id": event.event_id,
         "user_id": event.user_id,
         "item_id": event.item_id,
         "type": kind,
-        "value": event.value,
-        "ts": event.ts,
+        "ts": event.ts,  # 0, proto3's unset, reads as absent
+        "features": dict(event.features),
     }
+    if event.HasField("value"):
+        document["value"] = event.value
+    return document
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     """Protobuf in, domain call, protobuf out."""
 
-    def __init__(self, recommender: Recommender, ingestor: Ingestor, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        recommender: Recommender,
+        ingestor: Ingestor,
+        profiles: ProfileWriter,
+        metrics: Metrics,
+    ) -> None:
         self.recommender = recommender
         self.ingestor = ingestor
+        self.profiles = profiles
         self.metrics = metrics
 
     @_rpc("Recommend")
@@ -142,6 +159,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             state=STATE_KIND[answer.state],
             interactions_used=answer.interactions_used,
             state_version=answer.state_version,
+            features_used=answer.features_used,
         )
 
     @_rpc("RecordEvents")
@@ -170,4 +188,31 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             state_version=summary.state_version,
             model_version=summary.model_version,
             updated_at_ms=summary.updated_at_ms,
+            profile=summary.profile,
+        )
+
+    @_rpc("UpsertUser")
+    def UpsertUser(
+        self, request: recommender_pb2.UpsertUserRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.UpsertUserResponse:
+        update = self.profiles.upsert(request.user_id, dict(request.features))
+        return recommender_pb2.UpsertUserResponse(
+            profile=update.profile,
+            features_used=update.features_used,
+            state_version=update.state_version,
+        )
+
+    @_rpc("GetModelInfo")
+    def GetModelInfo(
+        self, request: recommender_pb2.GetModelInfoRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.ModelInfo:
+        model = self.recommender.model
+        return recommender_pb2.ModelInfo(
+            model_version=model.version,
+            items=len(model.item_ids),
+            dim=model.dim,
+            user_features=[
+                recommender_pb2.UserFeature(name=name, values=values, rule=rule)
+                for name, values, rule in model.describe_features()
+            ],
         )

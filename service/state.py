@@ -27,6 +27,19 @@ class UserRecord:
     state_version: int  # grows by one with every write of this user
     watermarks: Mapping[Source, int] = field(default_factory=dict)  # last applied offsets
     updated_at_ms: int = 0  # when the record was written
+    profile: Mapping[str, str] = field(default_factory=dict)  # side features, raw values
+
+
+def merge_profile(profile: Mapping[str, str], changes: Mapping[str, str]) -> dict[str, str]:
+    """The profile with `changes` applied: a value replaces the stored one, an empty value
+    removes the feature. Events and UpsertUser change a profile the same way."""
+    merged = dict(profile)
+    for name, value in changes.items():
+        if value:
+            merged[name] = value
+        else:
+            merged.pop(name, None)
+    return merged
 
 
 def now_ms() -> int:

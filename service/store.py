@@ -8,7 +8,8 @@ Why this shape (DESIGN.md, User state in Redis):
 - The record holds what serving and re-adaptation need and no more: the
   adapted vector (float32 bytes), the bounded recent history as raw item ids
   with their rating (so a new model, whose item indices differ, can re-adapt
-  the user from it), the model version, a state version, the highest applied
+  the user from it), the profile as raw feature values (so a new model reads
+  them its own way), the model version, a state version, the highest applied
   Kafka offset per topic and partition (so a replayed event is recognised and
   dropped, and a new topic's offsets, which start again at 0, are not), and
   the time of the write. A 64-dimensional user with 50 events of history
@@ -20,7 +21,8 @@ Why this shape (DESIGN.md, User state in Redis):
 
 Encodings are compact but plain: the history as `service.history` writes it;
 the watermark is "topic:partition:offset" triples joined by commas (Kafka topic
-names cannot hold ':' or ',').
+names cannot hold ':' or ','); the profile as "name<US>value" pairs joined by <RS>
+(feature names and values cannot hold control characters, service.events).
 
 Every Redis failure leaves this module as `StoreUnavailable`, so the code that decides
 what to do about one (serving degrades, the consumer retries) needs no redis import.
@@ -51,7 +53,8 @@ KEY_PREFIX = "coldstart:user:"
 HISTORY_LIMIT = 50  # events kept per user, newest last
 
 # Hash fields: one letter each, since field names are stored once per user.
-VECTOR, HISTORY, MODEL, STATE, WATERMARK, UPDATED = "v", "h", "m", "s", "w", "t"
+VECTOR, HISTORY, MODEL, STATE, WATERMARK, UPDATED, PROFILE = "v", "h", "m", "s", "w", "t", "p"
+_RECORD_SEP, _UNIT_SEP = "\x1e", "\x1f"
 # Blob fields (vector, history, watermark) are split into fields of at most CHUNK bytes, so
 # that Redis keeps the whole hash in its compact ziplist/listpack encoding (values up to
 # hash-max-ziplist-value = 64 bytes by default): about half the memory of a hashtable.
@@ -109,6 +112,14 @@ def decode_watermarks(raw: bytes) -> dict[Source, int]:
     return marks
 
 
+def encode_profile(profile: Mapping[str, str]) -> bytes:
+    return _RECORD_SEP.join(f"{n}{_UNIT_SEP}{v}" for n, v in sorted(profile.items())).encode()
+
+
+def decode_profile(raw: bytes) -> dict[str, str]:
+    return dict(pair.split(_UNIT_SEP) for pair in raw.decode().split(_RECORD_SEP))
+
+
 def encode_record(record: UserRecord) -> list[str | bytes]:
     """The compare-and-set script's arguments after the state version and TTL: the blobs,
     which the script splits into fields of at most CHUNK bytes, then the plain fields."""
@@ -120,6 +131,8 @@ def encode_record(record: UserRecord) -> list[str | bytes]:
         WATERMARK,
         encode_watermarks(record.watermarks),
     ]
+    if record.profile:  # most users have none: no field at all
+        blobs += [PROFILE, encode_profile(record.profile)]
     return [
         str(CHUNK),
         str(len(blobs) // 2),
@@ -144,6 +157,9 @@ def decode_record(user_id: str, fields: Mapping[bytes, bytes]) -> UserRecord:
             state_version=_whole_number(fields[STATE.encode()]),
             watermarks=decode_watermarks(_joined(WATERMARK, fields)),
             updated_at_ms=_whole_number(fields[UPDATED.encode()]),
+            profile=decode_profile(_joined(PROFILE, fields))
+            if f"{PROFILE}0".encode() in fields
+            else {},
         )
     except (KeyError, ValueError, UnicodeDecodeError) as error:
         raise StoreError.of(user_id, error) from None

@@ -28,11 +28,12 @@ from safetensors.torch import save as save_tensors
 
 from trainer.data import Dataset
 from trainer.errors import ArtifactError
+from trainer.features import FeatureReader
 from trainer.model import ColdStartModel, ModelConfig
 
 # Raised whenever what the manifest's hashes cover changes: an artifact of another format is
 # refused with its version named, not misread.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 MAX_SEED = 2**32 - 1  # what `coldstart train --seed` accepts
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
@@ -42,6 +43,7 @@ _REQUIRED = {  # key: its JSON type
     "model_config": dict,
     "item_ids": list,
     "user_features": dict,
+    "user_feature_brackets": dict,
     "item_feature_names": list,
     "has_ratings": bool,
     "weights_sha256": str,
@@ -57,6 +59,7 @@ _IDENTITY = (
     "model_config",
     "item_ids",
     "user_features",
+    "user_feature_brackets",
     "item_feature_names",
     "has_ratings",
 )
@@ -74,6 +77,11 @@ class Artifact:
     @property
     def item_ids(self) -> list[str]:
         return self.manifest["item_ids"]
+
+    @property
+    def feature_reader(self) -> FeatureReader:
+        """How the model reads a user's raw feature values, as training read them."""
+        return FeatureReader(self.manifest["user_features"], self.manifest["user_feature_brackets"])
 
 
 def data_fingerprint(data: Dataset) -> str:
@@ -121,6 +129,9 @@ def save(model: ColdStartModel, data: Dataset, out: Path, extra: dict) -> dict:
         "model_config": dataclasses.asdict(model.config),
         "item_ids": data.item_ids,
         "user_features": {name: data.user_vocab[name] for name in names},
+        "user_feature_brackets": {
+            n: data.user_brackets[n] for n in names if n in data.user_brackets
+        },
         "item_feature_names": data.item_feature_names,
         "has_ratings": model.has_ratings,
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
@@ -214,6 +225,15 @@ def _check_names(manifest: dict, path: Path) -> None:
     # feature embeddings are read in this order, and save writes it sorted.
     if list(manifest["user_features"]) != sorted(manifest["user_features"]):
         raise ArtifactError(f"{path}: user_features are not in sorted order")
+    for name, edges in manifest["user_feature_brackets"].items():
+        if name not in manifest["user_features"]:
+            raise ArtifactError(f"{path}: user_feature_brackets names an unknown feature {name!r}")
+        if not isinstance(edges, list) or not all(
+            isinstance(e, int) and not isinstance(e, bool) for e in edges
+        ):
+            raise ArtifactError(f"{path}: user_feature_brackets.{name} is not a list of integers")
+        if not edges or edges != sorted(set(edges)):
+            raise ArtifactError(f"{path}: user_feature_brackets.{name} is not increasing")
 
 
 def _read_weights(path: Path, expected_sha256: str) -> dict[str, torch.Tensor]:

@@ -177,7 +177,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "train_config": dataclasses.asdict(train_config),
         "validation": {
             k: summary[k]
-            for k in ("valid_ndcg@20", "valid_ndcg@20_as_served", "best_step", "calibration")
+            for k in ("valid_ndcg@20", "valid_ndcg@20_no_profile", "best_step", "calibration")
         },
         "training": {"device": str(device), "seconds": round(time.perf_counter() - started, 1)},
     }
@@ -234,7 +234,8 @@ def _require_same_data(loaded: artifact.Artifact, data: Dataset) -> None:
     The fingerprint covers the features too: the vocabularies are compared first only to
     say which part differs."""
     manifest = loaded.manifest
-    if manifest["user_features"] != data.user_vocab:  # dicts: the same whatever the key order
+    same_features = manifest["user_features"] == data.user_vocab  # dicts: any key order
+    if not same_features or manifest["user_feature_brackets"] != data.user_brackets:
         raise ColdstartError("--model was trained with other user features than --data has")
     if manifest["item_feature_names"] != data.item_feature_names:
         raise ColdstartError("--model was trained with other item features than --data has")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.errors import DataError
+from trainer.features import AGE_BRACKETS, UNKNOWN, read_value
 from trainer.tables import (
     Table,
     dense_index,
@@ -44,10 +45,13 @@ class Dataset:
     items: np.ndarray  # (N,) int64 item index of each interaction
     ratings: np.ndarray | None  # (N,) float32 explicit rating, None for implicit data
     timestamps: np.ndarray | None  # (N,) int64 seconds, None when the data has no time
-    # Categorical user side features: name -> (n_users,) int64 codes into user_vocab[name];
-    # code 0 is always "unknown" so a zero-history request without features is valid.
+    # Categorical user side features: name -> (n_users,) int64 codes into user_vocab[name],
+    # the values as trainer.features reads them; code 0 is always "unknown".
     user_features: dict[str, np.ndarray] = field(default_factory=dict)
     user_vocab: dict[str, list[str]] = field(default_factory=dict)
+    user_brackets: dict[str, list[int]] = field(default_factory=dict)  # bracketed features
+    # Each user's profile as the side file holds it: name -> (n_users,) raw strings ("": none).
+    user_raw: dict[str, list[str]] = field(default_factory=dict)
     # Item side features as a multi-hot matrix (n_items, F) float32 (genres, release decade).
     item_features: np.ndarray | None = None
     item_feature_names: list[str] = field(default_factory=list)
@@ -60,27 +64,20 @@ class Dataset:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    def profile(self, user: int) -> dict[str, str]:
+        """The user's profile as the side file holds it: what a client would send."""
+        return {name: values[user] for name, values in self.user_raw.items() if values[user]}
+
 
 # Loaders. Users and items are indexed in order of first appearance in the interactions
 # file: that needs no assumption about what raw ids look like (sorting "10" before "9" as
 # strings, or guessing they are numbers), and reading the file again gives the same indices.
 
-UNKNOWN = "<unk>"  # user_vocab[name][0]: the value of code 0
-# MovieLens 1M's age buckets, by lower edge; ml-100k's exact ages are put into them so that
-# features mean the same thing on both data sets.
-_AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])
-_AGE_BUCKETS = ["1", "18", "25", "35", "45", "50", "56"]
 _LATIN1 = "iso-8859-1"  # GroupLens files; every byte string decodes, so it never fails
 _UTF8 = "utf-8-sig"  # our csv layout; a byte-order mark from spreadsheet exports is accepted
 
 # Raw interaction columns: user, item, rating (None: implicit), timestamp (None: no time).
 _Columns = tuple[list[str], list[str], list[str] | None, list[str] | None]
-
-
-def _age_buckets(table: Table, ages: list[str]) -> list[str]:
-    """Ages, exact (ml-100k) or already bucketed (ml-1m), as MovieLens 1M's buckets."""
-    years = numbers(table, ages, np.int64, "age")
-    return [_AGE_BUCKETS[b] for b in np.searchsorted(_AGE_EDGES, years, side="right")]
 
 
 @dataclass(frozen=True)
@@ -90,6 +87,7 @@ class _UserSide:
     table: Table
     ids: list[str]
     columns: dict[str, list[str]]
+    brackets: dict[str, list[int]] = field(default_factory=dict)  # read as trainer.features
 
 
 @dataclass(frozen=True)
@@ -119,19 +117,24 @@ def _log_coverage(file: str, listed: dict[str, int], known: list[str], what: str
         )
 
 
-def _user_features(
-    user_ids: list[str], side: _UserSide
-) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+def _user_features(user_ids: list[str], side: _UserSide) -> dict[str, dict[str, list]]:
+    """Per feature: each user's raw value, the learned read values (UNKNOWN first) and each
+    user's code, all read by trainer.features as the service reads a client's values."""
     rows = row_of_each_id(side.table, side.ids, "user")
     _log_coverage(side.table.file, rows, user_ids, "user")
-    row_of_user = np.array([rows.get(u, -1) for u in user_ids], dtype=np.int64)
-    features, vocab = {}, {}
+    row_of_user = [rows.get(u) for u in user_ids]
+    features: dict[str, dict[str, list]] = {}
     for name, values in side.columns.items():
-        words = [UNKNOWN, *sorted(set(values) - {"", UNKNOWN})]
+        brackets = side.brackets.get(name, ())
+        read = [read_value(value, brackets) for value in values]  # every row's, as learned
+        words = [UNKNOWN, *sorted(set(read) - {"", UNKNOWN})]
         code = {w: c for c, w in enumerate(words)} | {"": 0}
-        codes = np.array([code[v] for v in values] + [0], dtype=np.int64)  # [-1] is "no row"
-        features[name], vocab[name] = codes[row_of_user], words
-    return features, vocab
+        features[name] = {
+            "raw": ["" if row is None else values[row] for row in row_of_user],
+            "vocab": words,
+            "codes": [0 if row is None else code[read[row]] for row in row_of_user],
+        }
+    return features
 
 
 def _item_features(item_ids: list[str], side: _ItemSide) -> tuple[np.ndarray, list[str]]:
@@ -192,7 +195,7 @@ def _dataset(
             len(kept),
             len(users),
         )
-    features, vocab = _user_features(user_ids, user_side) if user_side else ({}, {})
+    features = _user_features(user_ids, user_side) if user_side else {}
     item_features, item_names = _item_features(item_ids, item_side) if item_side else (None, [])
     return Dataset(
         name=name,
@@ -202,8 +205,12 @@ def _dataset(
         items=items[kept],
         ratings=None if ratings is None else ratings[kept],
         timestamps=None if times is None else times[kept],
-        user_features=features,
-        user_vocab=vocab,
+        user_features={n: np.array(f["codes"], dtype=np.int64) for n, f in features.items()},
+        user_vocab={n: f["vocab"] for n, f in features.items()},
+        user_brackets={n: list(user_side.brackets[n]) for n in features if n in user_side.brackets}
+        if user_side
+        else {},
+        user_raw={n: f["raw"] for n, f in features.items()},
         item_features=item_features,
         item_feature_names=item_names,
     )
@@ -272,12 +279,14 @@ def _grouplens_users(path: Path, sep: str, age: int, gender: int) -> _UserSide:
     """u.user and users.dat: five fields, the id first and the occupation fourth; age and
     gender sit in either order."""
     users = read_side_table(path, sep, _LATIN1, 5)
+    numbers(users, users.column(age), np.int64, "age")  # a line without a whole-number age fails
     features = {
-        "age": _age_buckets(users, users.column(age)),
+        "age": users.column(age),
         "gender": users.column(gender),
         "occupation": users.column(3),
     }
-    return _UserSide(users, integer_ids(users, users.column(0), "user id"), features)
+    ids = integer_ids(users, users.column(0), "user id")
+    return _UserSide(users, ids, features, {"age": list(AGE_BRACKETS)})
 
 
 def _load_ml100k(root: Path) -> Dataset:
@@ -332,7 +341,9 @@ def _load_csv(root: Path) -> Dataset:
         features = {
             n: stripped(users.column(j)) for j, n in enumerate(users.header) if n != "user_id"
         }
-        user_side = _UserSide(users, ids, features)
+        # An "age" column holds ages, read into the brackets the GroupLens layouts use.
+        brackets = {"age": list(AGE_BRACKETS)} if "age" in features else {}
+        user_side = _UserSide(users, ids, features, brackets)
     if (root / "items.csv").exists():
         items = read_side_table(root / "items.csv", ",", _UTF8)
         ids = stripped(*items.require("item_id"))

@@ -31,6 +31,7 @@ from trainer.baselines.popularity import Popularity
 from trainer.data import Dataset
 from trainer.episodes import Context, batches, make_context, rank_metrics
 from trainer.errors import DataError
+from trainer.features import FeatureReader
 from trainer.metrics import graded_ndcg, mae_rmse
 from trainer.model import ModelConfig
 from trainer.split import eligible_test_users, min_length
@@ -86,12 +87,39 @@ class ColdStart:
 
 
 class ColdStartAsServed:
-    """The same model as the service runs it: a user is adapted from their events alone,
-    which carry no side features, so the start is the prior without them. Evaluated beside
-    `coldstart` so that every evaluation shows what side features add offline and what the
-    service gives without them."""
+    """The model as the service adapts a user: each test user's profile as the data files
+    hold it (the raw strings a client sends) read by `trainer.features.FeatureReader`, the
+    reading the service applies to UpsertUser, Recommend and events. Equal to `coldstart`
+    unless serving reads a value otherwise than training did."""
 
     name = "coldstart_as_served"
+
+    def __init__(self, fitted: ColdStart) -> None:
+        self.fitted = fitted  # fitted first, in the method list
+        self.features: np.ndarray | None = None  # (n_users, F) codes of the raw profiles
+
+    def fit(self, ctx: Context) -> None:
+        data = ctx.data
+        reader = FeatureReader(data.user_vocab, data.user_brackets)
+        codes = [reader.codes(data.profile(user)) for user in range(data.n_users)]
+        self.features = np.array(codes, dtype=np.int64).reshape(data.n_users, len(reader.names))
+
+    def context(self, ctx: Context) -> Context:
+        """The evaluation context with the served codes in place of the loader's."""
+        return dataclasses.replace(ctx, features=self.features)
+
+    def scores(self, support) -> torch.Tensor:
+        return self.fitted.scores(support)
+
+    def ratings(self, support) -> torch.Tensor | None:
+        return self.fitted.ratings(support)
+
+
+class ColdStartNoProfile:
+    """The model for a user the service holds no profile for: adapted from the prior
+    without side features. Shows what a profile adds, and what a user without one gets."""
+
+    name = "coldstart_no_profile"
 
     def __init__(self, fitted: ColdStart) -> None:
         self.fitted = fitted  # fitted first, in the method list
@@ -172,8 +200,9 @@ def evaluate_seed(data: Dataset, seed: int, methods: list, options: EvalOptions)
         started = time.perf_counter()
         method.fit(ctx)
         fitted = time.perf_counter()
+        scored = method.context(ctx) if hasattr(method, "context") else ctx
         results[method.name] = {
-            key: _episode_metrics(method, ctx, users, ks) for key, ks in episodes.items()
+            key: _episode_metrics(method, scored, users, ks) for key, ks in episodes.items()
         }
         log.info(
             "seed %d: %s fitted in %.1f s, scored %d test users in %.1f s",
@@ -212,6 +241,7 @@ def all_methods(options: EvalOptions, artifact: Artifact | None) -> list:
         MeLU(progress=progress),
         ours,
         ColdStartAsServed(ours),
+        ColdStartNoProfile(ours),
     ]
 
 

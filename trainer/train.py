@@ -259,11 +259,11 @@ def meta_train(
             calibration["valid_ndcg@20"],
         )
     seconds = time.perf_counter() - started
-    score = score_fn(model)  # and as the service adapts, for the manifest: no side features
-    as_served = validation_ndcg(lambda support: score(support.without_features()), ctx)
+    score = score_fn(model)  # and for a user without a profile, for the manifest
+    no_profile = validation_ndcg(lambda support: score(support.without_features()), ctx)
     return model, {
         "valid_ndcg@20": calibration["valid_ndcg@20"] if calibration else best[0],
-        "valid_ndcg@20_as_served": as_served,
+        "valid_ndcg@20_no_profile": no_profile,
         "calibration": calibration,
         "best_step": best[1],
         "steps": step,

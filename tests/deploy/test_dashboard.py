@@ -21,7 +21,7 @@ from service.metrics import Metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "helm/coldstart/dashboards/coldstart.json"
 
-# The panels issue 4 asks for, by title.
+# The panels an operator needs, by title.
 REQUIRED_PANELS = {
     "Request rate by method",
     "Errors by gRPC code",
@@ -34,6 +34,8 @@ REQUIRED_PANELS = {
     "Recommend responses: cold / adapted / degraded share",
     "Online hit rate",
     "Model version",
+    "Adaptations with a profile (share)",
+    "Unknown feature values by feature",
 }
 # The series each metric type exposes, after the family name (prometheus_client's naming).
 SUFFIXES = {
@@ -125,6 +127,8 @@ def exercise(metrics: Metrics) -> None:
     metrics.on_redis_error()
     metrics.on_lag(0, 1)
     metrics.on_hit(True)
+    metrics.on_adapted_with_profile(1)
+    metrics.on_unknown_feature_value("age")
 
 
 @pytest.fixture(scope="module")

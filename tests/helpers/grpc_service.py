@@ -19,6 +19,7 @@ from service.kafka_producer import KafkaEventSink
 from service.localstack import LocalStack
 from service.metrics import Metrics
 from service.model import ServingModel
+from service.profiles import ProfileWriter
 from service.recommend import Recommender
 from service.servicer import RecommenderServicer
 from service.state import UserRecord
@@ -55,7 +56,8 @@ def running(
     sink = sink or KafkaEventSink(stack.kafka_bootstrap, TOPIC)
     servicer = RecommenderServicer(
         Recommender(model, store, metrics),
-        Ingestor(model.item_index, sink, metrics, max_events, max_streams),
+        Ingestor(model, sink, metrics, max_events, max_streams),
+        ProfileWriter(model, store, metrics),
         metrics,
     )
     try:

@@ -21,7 +21,13 @@ def test_generated_code_imports_as_coldstart_v1() -> None:
     from coldstart.v1 import recommender_pb2, recommender_pb2_grpc
 
     service = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"]
-    assert sorted(service.methods_by_name) == ["GetUserState", "Recommend", "RecordEvents"]
+    assert sorted(service.methods_by_name) == [
+        "GetModelInfo",
+        "GetUserState",
+        "Recommend",
+        "RecordEvents",
+        "UpsertUser",
+    ]
     assert service.methods_by_name["RecordEvents"].client_streaming
     assert recommender_pb2.UserStateKind.Name(2) == "ADAPTED"
     assert hasattr(recommender_pb2_grpc, "add_RecommenderServicer_to_server")

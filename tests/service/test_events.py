@@ -9,11 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service import events
+from service.errors import InvalidEvent
 from service.events import (
     Event,
-    InvalidEvent,
-    check_item,
     check_key,
+    check_known,
     event_from_mapping,
     parse_event,
 )
@@ -97,6 +97,15 @@ def test_a_missing_field_is_named(field: str) -> None:
         ({"value": -0.5}, events.BAD_VALUE),
         ({"ts": -1}, events.BAD_TS),
         ({"ts": 2**63}, events.BAD_TS),
+        ({"ts": False}, events.WRONG_TYPE),
+        ({"user_id": "   "}, events.BAD_ID),
+        ({"value": ...}, events.MISSING_FIELD),  # a rating needs its value
+        ({"features": ["age"]}, events.WRONG_TYPE),
+        ({"features": {"age": 23}}, events.WRONG_TYPE),
+        ({"features": {"age": "2" * 10_000}}, events.BAD_FEATURE),
+        ({"features": {"": "x"}}, events.BAD_FEATURE),
+        ({"features": {"age": "a\x1eb"}}, events.BAD_FEATURE),
+        ({"features": {f"f{n}": "x" for n in range(33)}}, events.BAD_FEATURE),
     ],
 )
 def test_invalid_fields_are_refused_with_a_reason(changes: dict, reason: str) -> None:
@@ -152,12 +161,33 @@ def test_the_mapping_entry_point_validates_the_same_way() -> None:
         event_from_mapping([GOOD])
 
 
-def test_check_item_maps_known_items_and_refuses_unknown_ones() -> None:
-    event = parse_event(encoded())
-    assert check_item(event, {"i1": 3}) == 3
+def test_check_known_refuses_an_item_or_a_feature_the_model_lacks() -> None:
+    event = parse_event(encoded(features={"age": "23"}))
+    check_known(event, {"i1": 3}, ["age", "gender"])
     with pytest.raises(InvalidEvent, match="not in the catalogue") as caught:
-        check_item(event, {"i2": 0})
+        check_known(event, {"i2": 0}, ["age"])
     assert caught.value.reason == events.UNKNOWN_ITEM
+    with pytest.raises(
+        InvalidEvent, match="unknown feature 'age'; this model knows gender"
+    ) as caught:
+        check_known(event, {"i1": 3}, ["gender"])
+    assert caught.value.reason == events.UNKNOWN_FEATURE
+
+
+def test_absent_ts_and_value_take_their_documented_defaults() -> None:
+    """ts: the record's timestamp (absent, or 0 as protobuf's unset); value: 1.0 for any
+    type but a rating."""
+    assert parse_event(encoded(ts=...), record_ts=1_700_000_000_123).ts == 1_700_000_000_123
+    assert parse_event(encoded(ts=0), record_ts=5).ts == 5
+    assert parse_event(encoded(ts=...)).ts is None
+    assert parse_event(encoded(type="click", value=...)).value == 1.0
+
+
+def test_features_ride_along_and_round_trip_and_an_empty_value_is_kept() -> None:
+    event = parse_event(encoded(features={"age": " 23 ", "gender": ""}))
+    assert event.features == {"age": " 23 ", "gender": ""}
+    assert parse_event(event.to_json()) == event
+    assert b"features" not in parse_event(encoded()).to_json()
 
 
 def test_check_key_accepts_the_user_id_and_refuses_any_other_key_or_none() -> None:
@@ -176,5 +206,5 @@ def test_check_key_accepts_the_user_id_and_refuses_any_other_key_or_none() -> No
 
 
 def test_reason_codes_are_a_small_fixed_set() -> None:
-    assert len(set(events.REASONS)) == len(events.REASONS) == 14
+    assert len(set(events.REASONS)) == len(events.REASONS) == 16
     assert all(code.isidentifier() for code in events.REASONS)

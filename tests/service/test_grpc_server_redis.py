@@ -115,7 +115,7 @@ def test_metrics_count_requests_by_method_and_code_and_pass_promtool(
     adapted_user(service, model, "metrics-user", model.item_ids[:3])
     recommend(service, user_id="metrics-user", k=3)
     with pytest.raises(grpc.RpcError):
-        recommend(service, user_id="metrics-user", k=0)
+        recommend(service, user_id="metrics-user", k=-1)
     service.stub.RecordEvents(iter([event(0, item_id="not-an-item")]), timeout=15)
     with pytest.raises(grpc.RpcError):  # more events than the stream cap of 5
         service.stub.RecordEvents(iter([event(n) for n in range(8)]), timeout=15)

@@ -51,11 +51,17 @@ def test_cold_user_with_features_is_conditioned_on_them(
     service: Running, model: ServingModel
 ) -> None:
     features = {name: "x" for name in model.feature_names}
-    features[model.feature_names[0]] = next(iter(model._codes[0]))  # a known value
+    first = model.feature_names[0]
+    features[first] = model.features.values[first][1].upper()  # a known value, as sent
     response = recommend(service, user_id="newcomer", k=5, features=features)
     expected = model.top_k(model.cold_vector(features), 5)
     assert response.state == recommender_pb2.COLD
     assert ids(response) == [item for item, _ in expected]
+    assert list(response.features_used) == [first]
+
+
+def test_a_request_without_k_gets_ten_items(service: Running) -> None:
+    assert len(recommend(service, user_id="no-k").items) == 10
 
 
 def test_adapted_user_is_scored_from_the_stored_vector_without_seen_items(
@@ -107,7 +113,7 @@ def test_candidates_the_model_does_not_know_are_ignored(
 def count_adaptations(model: ServingModel, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """A list that gains an entry at each call of model.adapt (for this test only)."""
     adapt, calls = model.adapt, []
-    monkeypatch.setattr(model, "adapt", lambda histories: calls.append(1) or adapt(histories))
+    monkeypatch.setattr(model, "adapt", lambda *args: calls.append(1) or adapt(*args))
     return calls
 
 
@@ -171,9 +177,10 @@ def test_an_unreadable_stored_state_answers_degraded_from_the_prior(
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"user_id": "u", "k": 0}, "k must be between 1 and 1000, got 0"),
-        ({"user_id": "u", "k": -3}, "k must be between 1 and 1000, got -3"),
-        ({"user_id": "u", "k": 1001}, "k must be between 1 and 1000, got 1001"),
+        ({"user_id": "u", "k": -3}, "k must be between 1 and 1000 (or 0 for 10), got -3"),
+        ({"user_id": "u", "k": 1001}, "k must be between 1 and 1000 (or 0 for 10), got 1001"),
+        ({"user_id": "   ", "k": 5}, "user_id is blank"),
+        ({"user_id": "u", "features": {"age": "2" * 10_000}}, "has 10000 characters"),
         ({"user_id": "", "k": 5}, "user_id is empty"),
         ({"user_id": "u" * 257, "k": 5}, "user_id has 257 characters, more than the limit of 256"),
         ({"user_id": "u\tv", "k": 5}, "user_id contains a control character"),
@@ -182,9 +189,9 @@ def test_an_unreadable_stored_state_answers_degraded_from_the_prior(
             "candidate_item_ids has 10001 ids, more than the limit of 10000",
         ),
         ({"user_id": "u", "k": 5, "features": {"shoe_size": "9"}}, "unknown feature shoe_size"),
-        (  # a detail this long would be over gRPC's 16 KiB limit: RESOURCE_EXHAUSTED instead
-            {"user_id": "u", "k": 5, "features": {f"f{n:03d}" + "x" * 96: "1" for n in range(200)}},
-            f"f004{'x' * 36}... and 195 more; this model knows",
+        (  # many long unknown names: a few listed, each cut short, and a count
+            {"user_id": "u", "k": 5, "features": {f"f{n:03d}" + "x" * 60: "1" for n in range(30)}},
+            f"f004{'x' * 36}... and 25 more; this model knows",
         ),
     ],
 )
@@ -231,7 +238,7 @@ def test_no_request_sees_unknown_or_internal(
         assert error.details()
         return
     assert response.state in (recommender_pb2.COLD, recommender_pb2.ADAPTED)
-    assert len(response.items) <= k  # fewer when the candidates are all seen
+    assert len(response.items) <= (k or 10)  # fewer when the candidates are all seen
     if candidates:
         assert set(ids(response)) <= set(candidates)
 

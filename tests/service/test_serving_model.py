@@ -10,20 +10,28 @@ import torch
 from service.model import ServingModel
 from tests.helpers.tiny_model import write_tiny_model
 from trainer import artifact
-from trainer.evaluate import ColdStart, ColdStartAsServed
+from trainer.data import load_dataset
+from trainer.evaluate import ColdStart, ColdStartNoProfile
 from trainer.model import ModelConfig
-from trainer.split import Support
+from trainer.split import Support, user_feature_matrix
 from trainer.train import TrainConfig
 
 
-def test_the_service_adapts_a_user_as_the_evaluation_scores_coldstart_as_served(
+def test_the_service_adapts_a_user_from_their_raw_profile_as_the_evaluation_scores_them(
     tmp_path: Path,
 ) -> None:
+    """The profile as the data file holds it, read by the service, gives the codes training
+    gave: the served vector is the evaluation's `coldstart`, and without the profile its
+    `coldstart_no_profile`."""
     loaded = artifact.load(write_tiny_model(tmp_path))
     with torch.no_grad():  # side features that matter, as a trained model's do
         for table in loaded.model.user_feature_embeddings:
             table.weight.normal_()
     served = ServingModel(loaded)
+    data = load_dataset(tmp_path / "data")
+    codes = user_feature_matrix(data)
+    user = int(np.flatnonzero(codes.all(axis=1))[0])  # every feature known
+    profile = data.profile(user)
     history = [(3, 4.0), (7, None), (1, 2.0)]
     ours = ColdStart(ModelConfig(), TrainConfig(), loaded)
     support = Support(
@@ -31,14 +39,31 @@ def test_the_service_adapts_a_user_as_the_evaluation_scores_coldstart_as_served(
         mask=torch.ones(1, 3),
         ratings=torch.tensor([[4.0, 0.0, 2.0]]),
         rated=torch.tensor([[1.0, 0.0, 1.0]]),
-        user_features=torch.ones(1, len(loaded.model.user_feature_embeddings), dtype=torch.long),
+        user_features=torch.from_numpy(codes[[user]]),
     )
     with torch.no_grad():
-        as_served = ColdStartAsServed(ours).scores(support)[0].numpy()
-        with_features = ours.scores(support)[0].numpy()
-    in_service = served.scores(served.adapt([history])[0].numpy())
-    np.testing.assert_allclose(in_service, as_served, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(in_service, with_features, atol=1e-3)  # the features did matter
+        with_profile = ours.scores(support)[0].numpy()
+        no_profile = ColdStartNoProfile(ours).scores(support)[0].numpy()
+    served_with = served.scores(served.adapt([history], [profile])[0].numpy())
+    served_without = served.scores(served.adapt([history])[0].numpy())
+    np.testing.assert_allclose(served_with, with_profile, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(served_without, no_profile, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(served_with, served_without, atol=1e-3)  # the profile did matter
+    assert served.features_used(profile) == sorted(profile)
+
+
+def test_a_value_is_read_the_way_training_read_it_and_an_unknown_one_is_counted_as_such(
+    tmp_path: Path,
+) -> None:
+    served = ServingModel(artifact.load(write_tiny_model(tmp_path)))
+    known = {name: values[1] for name, values in served.features.values.items()}
+    shouted = {name: f"  {value.upper()} " for name, value in known.items()}
+    assert served.feature_codes([shouted]).tolist() == served.feature_codes([known]).tolist()
+    assert served.features_used(shouted) == sorted(known)
+    strange = {name: "never-seen" for name in known}
+    assert served.feature_codes([strange]).tolist() == [[0] * len(known)]
+    assert served.unknown_values(strange) == sorted(known)
+    assert served.features_used(strange) == []
 
 
 def test_a_model_trained_without_user_features_serves_cold_and_adapted_users(

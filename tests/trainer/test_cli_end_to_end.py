@@ -19,10 +19,14 @@ def test_train_then_evaluate_beats_popularity(
     run = train_then_evaluate("cpu")
     manifest, results = run.manifest, run.results
     assert manifest["seed"] == 0 and manifest["validation"]["valid_ndcg@20"] > 0
-    assert 0 < manifest["validation"]["valid_ndcg@20_as_served"] < 1
+    assert 0 < manifest["validation"]["valid_ndcg@20_no_profile"] < 1
     assert results["per_seed"][0]["methods"]["item_knn"]["3"]["mae"] is None  # null, not NaN
     baselines = {"popularity", "item_knn", "mf_finetune", "melu"}
-    assert set(results["methods"]) == baselines | {"coldstart", "coldstart_as_served"}
+    assert set(results["methods"]) == baselines | {
+        "coldstart",
+        "coldstart_as_served",
+        "coldstart_no_profile",
+    }
     for name in results["methods"]:  # each fit says when it starts and how long it took
         assert f"seed 0: fitting {name}" in caplog.text
         assert f"seed 0: {name} fitted in " in caplog.text

@@ -23,7 +23,7 @@ def test_train_and_evaluate_every_method_on_cuda(train_then_evaluate) -> None:
     assert run.manifest["training"]["device"] == "cuda"
     results = run.results["methods"]
     baselines = {"popularity", "item_knn", "mf_finetune", "melu"}
-    assert set(results) == baselines | {"coldstart", "coldstart_as_served"}
+    assert set(results) == baselines | {"coldstart", "coldstart_as_served", "coldstart_no_profile"}
     for k in ("3", "10"):
         assert results["coldstart"][k]["ndcg@20"] > results["popularity"][k]["ndcg@20"]
         assert results["coldstart"][k]["mae"] is not None

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.data import UNKNOWN, detect_format, load_dataset
+from trainer.data import detect_format, load_dataset
 from trainer.errors import DataError
+from trainer.features import AGE_BRACKETS, UNKNOWN
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 GENRES_100K = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime"]
@@ -63,7 +64,13 @@ def test_ml100k_layout(tmp_path: Path) -> None:
     assert data.user_vocab["age"] == [UNKNOWN, "1", "25", "56"]  # buckets of 17, 30 and 60
     age = [data.user_vocab["age"][c] for c in data.user_features["age"]]
     assert age == ["1", "56"]  # user 9 never rated, so only in the vocabulary
-    assert [data.user_vocab["gender"][c] for c in data.user_features["gender"]] == ["M", "F"]
+    assert [data.user_vocab["gender"][c] for c in data.user_features["gender"]] == ["m", "f"]
+    assert data.user_raw == {
+        "age": ["17", "60"],
+        "gender": ["M", "F"],
+        "occupation": ["student", "other"],
+    }
+    assert data.user_brackets == {"age": list(AGE_BRACKETS)}
     assert data.user_vocab["occupation"] == [UNKNOWN, "other", "student", "writer"]
     names = data.item_feature_names
     assert names == [f"genre={g}" for g in GENRES_100K] + ["decade=1970", "decade=1990"]
@@ -94,7 +101,7 @@ def test_ml1m_layout_with_timestamps(tmp_path: Path) -> None:
     assert data.timestamps.tolist() == [978300760, 978300761, 978300762]
     assert data.user_vocab == {
         "age": [UNKNOWN, "1", "56"],
-        "gender": [UNKNOWN, "F", "M"],
+        "gender": [UNKNOWN, "f", "m"],
         "occupation": [UNKNOWN, "10", "16"],
     }
     assert data.user_features["occupation"].tolist() == [1, 2]

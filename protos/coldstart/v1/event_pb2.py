@@ -24,15 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63oldstart/v1/event.proto\x12\x0c\x63oldstart.v1\"}\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12%\n\x04type\x18\x04 \x01(\x0e\x32\x17.coldstart.v1.EventType\x12\r\n\x05value\x18\x05 \x01(\x01\x12\n\n\x02ts\x18\x06 \x01(\x03*V\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x08\n\x04VIEW\x10\x01\x12\t\n\x05\x43LICK\x10\x02\x12\n\n\x06RATING\x10\x03\x12\x0c\n\x08PURCHASE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63oldstart/v1/event.proto\x12\x0c\x63oldstart.v1\"\xf2\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12%\n\x04type\x18\x04 \x01(\x0e\x32\x17.coldstart.v1.EventType\x12\x12\n\x05value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\n\n\x02ts\x18\x06 \x01(\x03\x12\x33\n\x08\x66\x65\x61tures\x18\x07 \x03(\x0b\x32!.coldstart.v1.Event.FeaturesEntry\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_value*V\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x08\n\x04VIEW\x10\x01\x12\t\n\x05\x43LICK\x10\x02\x12\n\n\x06RATING\x10\x03\x12\x0c\n\x08PURCHASE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coldstart.v1.event_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=169
-  _globals['_EVENTTYPE']._serialized_end=255
-  _globals['_EVENT']._serialized_start=42
-  _globals['_EVENT']._serialized_end=167
+  _globals['_EVENT_FEATURESENTRY']._loaded_options = None
+  _globals['_EVENT_FEATURESENTRY']._serialized_options = b'8\001'
+  _globals['_EVENTTYPE']._serialized_start=287
+  _globals['_EVENTTYPE']._serialized_end=373
+  _globals['_EVENT']._serialized_start=43
+  _globals['_EVENT']._serialized_end=285
+  _globals['_EVENT_FEATURESENTRY']._serialized_start=228
+  _globals['_EVENT_FEATURESENTRY']._serialized_end=275
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from coldstart.v1 import event_pb2 as coldstart_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63oldstart/v1/recommender.proto\x12\x0c\x63oldstart.v1\x1a\x18\x63oldstart/v1/event.proto\"\xd1\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x14\n\x0cinclude_seen\x18\x03 \x01(\x08\x12>\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32,.coldstart.v1.RecommendRequest.FeaturesEntry\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x05 \x03(\t\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xb1\x01\n\x11RecommendResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.coldstart.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.coldstart.v1.UserStateKind\x12\x19\n\x11interactions_used\x18\x04 \x01(\x05\x12\x15\n\rstate_version\x18\x05 \x01(\x03\"A\n\x0e\x45ventRejection\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"l\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x10\n\x08rejected\x18\x02 \x01(\x03\x12\x30\n\nrejections\x18\x03 \x03(\x0b\x32\x1c.coldstart.v1.EventRejection\"&\n\x13GetUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xa5\x01\n\tUserState\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.coldstart.v1.UserStateKind\x12\x16\n\x0ehistory_length\x18\x03 \x01(\x05\x12\x15\n\rstate_version\x18\x04 \x01(\x03\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x15\n\rupdated_at_ms\x18\x06 \x01(\x03*U\n\rUserStateKind\x12\x1f\n\x1bUSER_STATE_KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04\x43OLD\x10\x01\x12\x0b\n\x07\x41\x44\x41PTED\x10\x02\x12\x0c\n\x08\x44\x45GRADED\x10\x03\x32\xf2\x01\n\x0bRecommender\x12L\n\tRecommend\x12\x1e.coldstart.v1.RecommendRequest\x1a\x1f.coldstart.v1.RecommendResponse\x12I\n\x0cRecordEvents\x12\x13.coldstart.v1.Event\x1a\".coldstart.v1.RecordEventsResponse(\x01\x12J\n\x0cGetUserState\x12!.coldstart.v1.GetUserStateRequest\x1a\x17.coldstart.v1.UserStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63oldstart/v1/recommender.proto\x12\x0c\x63oldstart.v1\x1a\x18\x63oldstart/v1/event.proto\"\xd1\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x14\n\x0cinclude_seen\x18\x03 \x01(\x08\x12>\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32,.coldstart.v1.RecommendRequest.FeaturesEntry\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x05 \x03(\t\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xc8\x01\n\x11RecommendResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.coldstart.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.coldstart.v1.UserStateKind\x12\x19\n\x11interactions_used\x18\x04 \x01(\x05\x12\x15\n\rstate_version\x18\x05 \x01(\x03\x12\x15\n\rfeatures_used\x18\x06 \x03(\t\"A\n\x0e\x45ventRejection\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"l\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x10\n\x08rejected\x18\x02 \x01(\x03\x12\x30\n\nrejections\x18\x03 \x03(\x0b\x32\x1c.coldstart.v1.EventRejection\"&\n\x13GetUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x8c\x02\n\tUserState\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.coldstart.v1.UserStateKind\x12\x16\n\x0ehistory_length\x18\x03 \x01(\x05\x12\x15\n\rstate_version\x18\x04 \x01(\x03\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x15\n\rupdated_at_ms\x18\x06 \x01(\x03\x12\x35\n\x07profile\x18\x07 \x03(\x0b\x32$.coldstart.v1.UserState.ProfileEntry\x1a.\n\x0cProfileEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x01\n\x11UpsertUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12?\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32-.coldstart.v1.UpsertUserRequest.FeaturesEntry\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb2\x01\n\x12UpsertUserResponse\x12>\n\x07profile\x18\x01 \x03(\x0b\x32-.coldstart.v1.UpsertUserResponse.ProfileEntry\x12\x15\n\rfeatures_used\x18\x02 \x03(\t\x12\x15\n\rstate_version\x18\x03 \x01(\x03\x1a.\n\x0cProfileEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x15\n\x13GetModelInfoRequest\"9\n\x0bUserFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\"p\n\tModelInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\r\n\x05items\x18\x02 \x01(\x03\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12\x30\n\ruser_features\x18\x04 \x03(\x0b\x32\x19.coldstart.v1.UserFeature*U\n\rUserStateKind\x12\x1f\n\x1bUSER_STATE_KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04\x43OLD\x10\x01\x12\x0b\n\x07\x41\x44\x41PTED\x10\x02\x12\x0c\n\x08\x44\x45GRADED\x10\x03\x32\x8f\x03\n\x0bRecommender\x12L\n\tRecommend\x12\x1e.coldstart.v1.RecommendRequest\x1a\x1f.coldstart.v1.RecommendResponse\x12I\n\x0cRecordEvents\x12\x13.coldstart.v1.Event\x1a\".coldstart.v1.RecordEventsResponse(\x01\x12J\n\x0cGetUserState\x12!.coldstart.v1.GetUserStateRequest\x1a\x17.coldstart.v1.UserState\x12O\n\nUpsertUser\x12\x1f.coldstart.v1.UpsertUserRequest\x1a .coldstart.v1.UpsertUserResponse\x12J\n\x0cGetModelInfo\x12!.coldstart.v1.GetModelInfoRequest\x1a\x17.coldstart.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDREQUEST_FEATURESENTRY']._loaded_options = None
   _globals['_RECOMMENDREQUEST_FEATURESENTRY']._serialized_options = b'8\001'
-  _globals['_USERSTATEKIND']._serialized_start=897
-  _globals['_USERSTATEKIND']._serialized_end=982
+  _globals['_USERSTATE_PROFILEENTRY']._loaded_options = None
+  _globals['_USERSTATE_PROFILEENTRY']._serialized_options = b'8\001'
+  _globals['_UPSERTUSERREQUEST_FEATURESENTRY']._loaded_options = None
+  _globals['_UPSERTUSERREQUEST_FEATURESENTRY']._serialized_options = b'8\001'
+  _globals['_UPSERTUSERRESPONSE_PROFILEENTRY']._loaded_options = None
+  _globals['_UPSERTUSERRESPONSE_PROFILEENTRY']._serialized_options = b'8\001'
+  _globals['_USERSTATEKIND']._serialized_start=1553
+  _globals['_USERSTATEKIND']._serialized_end=1638
   _globals['_RECOMMENDREQUEST']._serialized_start=75
   _globals['_RECOMMENDREQUEST']._serialized_end=284
   _globals['_RECOMMENDREQUEST_FEATURESENTRY']._serialized_start=237
@@ -43,15 +49,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREDITEM']._serialized_start=286
   _globals['_SCOREDITEM']._serialized_end=330
   _globals['_RECOMMENDRESPONSE']._serialized_start=333
-  _globals['_RECOMMENDRESPONSE']._serialized_end=510
-  _globals['_EVENTREJECTION']._serialized_start=512
-  _globals['_EVENTREJECTION']._serialized_end=577
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=579
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=687
-  _globals['_GETUSERSTATEREQUEST']._serialized_start=689
-  _globals['_GETUSERSTATEREQUEST']._serialized_end=727
-  _globals['_USERSTATE']._serialized_start=730
-  _globals['_USERSTATE']._serialized_end=895
-  _globals['_RECOMMENDER']._serialized_start=985
-  _globals['_RECOMMENDER']._serialized_end=1227
+  _globals['_RECOMMENDRESPONSE']._serialized_end=533
+  _globals['_EVENTREJECTION']._serialized_start=535
+  _globals['_EVENTREJECTION']._serialized_end=600
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=602
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=710
+  _globals['_GETUSERSTATEREQUEST']._serialized_start=712
+  _globals['_GETUSERSTATEREQUEST']._serialized_end=750
+  _globals['_USERSTATE']._serialized_start=753
+  _globals['_USERSTATE']._serialized_end=1021
+  _globals['_USERSTATE_PROFILEENTRY']._serialized_start=975
+  _globals['_USERSTATE_PROFILEENTRY']._serialized_end=1021
+  _globals['_UPSERTUSERREQUEST']._serialized_start=1024
+  _globals['_UPSERTUSERREQUEST']._serialized_end=1174
+  _globals['_UPSERTUSERREQUEST_FEATURESENTRY']._serialized_start=237
+  _globals['_UPSERTUSERREQUEST_FEATURESENTRY']._serialized_end=284
+  _globals['_UPSERTUSERRESPONSE']._serialized_start=1177
+  _globals['_UPSERTUSERRESPONSE']._serialized_end=1355
+  _globals['_UPSERTUSERRESPONSE_PROFILEENTRY']._serialized_start=975
+  _globals['_UPSERTUSERRESPONSE_PROFILEENTRY']._serialized_end=1021
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1357
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1378
+  _globals['_USERFEATURE']._serialized_start=1380
+  _globals['_USERFEATURE']._serialized_end=1437
+  _globals['_MODELINFO']._serialized_start=1439
+  _globals['_MODELINFO']._serialized_end=1551
+  _globals['_RECOMMENDER']._serialized_start=1641
+  _globals['_RECOMMENDER']._serialized_end=2040
 # @@protoc_insertion_point(module_scope)

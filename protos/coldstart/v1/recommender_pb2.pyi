@@ -49,18 +49,20 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "state", "interactions_used", "state_version")
+    __slots__ = ("items", "model_version", "state", "interactions_used", "state_version", "features_used")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     INTERACTIONS_USED_FIELD_NUMBER: _ClassVar[int]
     STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_USED_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model_version: str
     state: UserStateKind
     interactions_used: int
     state_version: int
-    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., state: _Optional[_Union[UserStateKind, str]] = ..., interactions_used: _Optional[int] = ..., state_version: _Optional[int] = ...) -> None: ...
+    features_used: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., state: _Optional[_Union[UserStateKind, str]] = ..., interactions_used: _Optional[int] = ..., state_version: _Optional[int] = ..., features_used: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EventRejection(_message.Message):
     __slots__ = ("index", "event_id", "reason")
@@ -89,17 +91,84 @@ class GetUserStateRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class UserState(_message.Message):
-    __slots__ = ("user_id", "state", "history_length", "state_version", "model_version", "updated_at_ms")
+    __slots__ = ("user_id", "state", "history_length", "state_version", "model_version", "updated_at_ms", "profile")
+    class ProfileEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
     STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     state: UserStateKind
     history_length: int
     state_version: int
     model_version: str
     updated_at_ms: int
-    def __init__(self, user_id: _Optional[str] = ..., state: _Optional[_Union[UserStateKind, str]] = ..., history_length: _Optional[int] = ..., state_version: _Optional[int] = ..., model_version: _Optional[str] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+    profile: _containers.ScalarMap[str, str]
+    def __init__(self, user_id: _Optional[str] = ..., state: _Optional[_Union[UserStateKind, str]] = ..., history_length: _Optional[int] = ..., state_version: _Optional[int] = ..., model_version: _Optional[str] = ..., updated_at_ms: _Optional[int] = ..., profile: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class UpsertUserRequest(_message.Message):
+    __slots__ = ("user_id", "features")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    features: _containers.ScalarMap[str, str]
+    def __init__(self, user_id: _Optional[str] = ..., features: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class UpsertUserResponse(_message.Message):
+    __slots__ = ("profile", "features_used", "state_version")
+    class ProfileEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_USED_FIELD_NUMBER: _ClassVar[int]
+    STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    profile: _containers.ScalarMap[str, str]
+    features_used: _containers.RepeatedScalarFieldContainer[str]
+    state_version: int
+    def __init__(self, profile: _Optional[_Mapping[str, str]] = ..., features_used: _Optional[_Iterable[str]] = ..., state_version: _Optional[int] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UserFeature(_message.Message):
+    __slots__ = ("name", "values", "rule")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    rule: str
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ..., rule: _Optional[str] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("model_version", "items", "dim", "user_features")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    USER_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    items: int
+    dim: int
+    user_features: _containers.RepeatedCompositeFieldContainer[UserFeature]
+    def __init__(self, model_version: _Optional[str] = ..., items: _Optional[int] = ..., dim: _Optional[int] = ..., user_features: _Optional[_Iterable[_Union[UserFeature, _Mapping]]] = ...) -> None: ...

@@ -52,6 +52,16 @@ class RecommenderStub:
                 request_serializer=coldstart_dot_v1_dot_recommender__pb2.GetUserStateRequest.SerializeToString,
                 response_deserializer=coldstart_dot_v1_dot_recommender__pb2.UserState.FromString,
                 _registered_method=True)
+        self.UpsertUser = channel.unary_unary(
+                '/coldstart.v1.Recommender/UpsertUser',
+                request_serializer=coldstart_dot_v1_dot_recommender__pb2.UpsertUserRequest.SerializeToString,
+                response_deserializer=coldstart_dot_v1_dot_recommender__pb2.UpsertUserResponse.FromString,
+                _registered_method=True)
+        self.GetModelInfo = channel.unary_unary(
+                '/coldstart.v1.Recommender/GetModelInfo',
+                request_serializer=coldstart_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
+                response_deserializer=coldstart_dot_v1_dot_recommender__pb2.ModelInfo.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -94,6 +104,29 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertUser(self, request, context):
+        """Stores a user's profile (side features such as age, country or plan),
+        usually known at sign-up, before the first interaction. The given
+        features are merged into the stored profile (an empty value removes that
+        feature); every later adaptation of the user starts from the prior the
+        profile conditions, and Recommend uses it without features in the
+        request. The user's vector is re-adapted at once. A feature name the
+        model does not know is INVALID_ARGUMENT; a value it does not know is kept
+        and treated as unknown (see GetModelInfo for the accepted values). When
+        the user-state store is unreachable the call is UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelInfo(self, request, context):
+        """The serving model: its version, catalogue size, and the user features it
+        knows with the values it accepts and how raw values are read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +144,16 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.GetUserState,
                     request_deserializer=coldstart_dot_v1_dot_recommender__pb2.GetUserStateRequest.FromString,
                     response_serializer=coldstart_dot_v1_dot_recommender__pb2.UserState.SerializeToString,
+            ),
+            'UpsertUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertUser,
+                    request_deserializer=coldstart_dot_v1_dot_recommender__pb2.UpsertUserRequest.FromString,
+                    response_serializer=coldstart_dot_v1_dot_recommender__pb2.UpsertUserResponse.SerializeToString,
+            ),
+            'GetModelInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelInfo,
+                    request_deserializer=coldstart_dot_v1_dot_recommender__pb2.GetModelInfoRequest.FromString,
+                    response_serializer=coldstart_dot_v1_dot_recommender__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -196,6 +239,60 @@ class Recommender:
             '/coldstart.v1.Recommender/GetUserState',
             coldstart_dot_v1_dot_recommender__pb2.GetUserStateRequest.SerializeToString,
             coldstart_dot_v1_dot_recommender__pb2.UserState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coldstart.v1.Recommender/UpsertUser',
+            coldstart_dot_v1_dot_recommender__pb2.UpsertUserRequest.SerializeToString,
+            coldstart_dot_v1_dot_recommender__pb2.UpsertUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coldstart.v1.Recommender/GetModelInfo',
+            coldstart_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
+            coldstart_dot_v1_dot_recommender__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,
