@@ -270,7 +270,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp, LocalStack() as stack:
         work = Path(tmp)
         assert stack.redis_url is not None and stack.kafka_bootstrap is not None
-        model_dir, model, store, user_ids = adapted_users(args, stack.redis_url, work)
+        model_dir, model, store, user_ids = adapted_users(
+            args, stack.redis_url, work, profiles=args.profiles
+        )
         store.close()
         for topic in (TOPIC, f"{TOPIC}.dlq"):
             create_topic(stack.kafka_bootstrap, topic, args.partitions)
@@ -332,6 +334,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dim": model.dim,
         "model": str(args.model) if args.model else "ml-1m, built (untrained)",
         "users": args.users,
+        "profiles": args.profiles,
         "history": args.history,
         "partitions": args.partitions,
         "max_records": args.max_records,
@@ -355,6 +358,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a trained artifact instead of a built one")
     parser.add_argument("--users", type=int, default=5000, help="users events are spread over")
     parser.add_argument("--history", type=int, default=50, help="each user's stored history")
+    parser.add_argument(
+        "--profiles", action="store_true", help="every user has a 3-feature stored profile"
+    )
     parser.add_argument("--partitions", type=int, default=4, help="the service's default")
     parser.add_argument("--max-records", type=int, default=500, help="records per poll")
     parser.add_argument("--consumers", type=int, default=1, help="consumer processes, one group")

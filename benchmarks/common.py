@@ -64,17 +64,21 @@ def seed_users(
     store: UserStore,
     user_ids: Sequence[str],
     histories: Sequence[History],
+    profiles: Sequence[dict[str, str]],
     batch: int = 500,
 ) -> None:
-    """Adapts the users on their histories (the service's own batched call) and writes them
-    through the store, as the consumer would have: model version current, state version 1."""
+    """Adapts the users on their histories and profiles (the service's own batched call) and
+    writes them through the store, as the consumer would have: model version current,
+    state version 1."""
     for start in range(0, len(user_ids), batch):
-        ids, hist = user_ids[start : start + batch], histories[start : start + batch]
+        span = slice(start, start + batch)
         records = [
-            UserRecord(u, model.prior.numpy(), h, model.version, 1, {}, 0)
-            for u, h in zip(ids, hist, strict=True)
+            UserRecord(u, model.prior.numpy(), h, model.version, 1, {}, 0, p)
+            for u, h, p in zip(user_ids[span], histories[span], profiles[span], strict=True)
         ]
-        vectors = model.adapt([model.interactions(r.history) for r in records])
+        vectors = model.adapt(
+            [model.interactions(r.history) for r in records], [r.profile for r in records]
+        )
         written_at = now_ms()
         records = [
             replace(r, vector=v.numpy().copy(), updated_at_ms=written_at)
@@ -86,17 +90,26 @@ def seed_users(
 
 
 def adapted_users(
-    args: argparse.Namespace, redis_url: str, work: Path
+    args: argparse.Namespace, redis_url: str, work: Path, profiles: bool = False
 ) -> tuple[Path, ServingModel, UserStore, list[str]]:
     """The model (args.model, or one built from args.data) and args.users adapted users,
-    each with an args.history-event history, written to Redis: both benchmarks' set-up."""
+    each with an args.history-event history (and, with `profiles`, a profile of a known
+    value of every feature), written to Redis: both benchmarks' set-up."""
     model_dir = args.model or built_model(args.data, work / "model")
     model = ServingModel(artifact.load(model_dir))
     store = UserStore.from_url(redis_url)
     user_ids = [f"bench-user-{i}" for i in range(args.users)]
     histories = random_histories(model.item_ids, args.users, args.history, seed=0)
-    seed_users(model, store, user_ids, histories)
+    chosen = random_profiles(model, args.users, seed=0) if profiles else [{}] * args.users
+    seed_users(model, store, user_ids, histories, chosen)
     return model_dir, model, store, user_ids
+
+
+def random_profiles(model: ServingModel, n: int, seed: int) -> list[dict[str, str]]:
+    """`n` profiles, each a random known value of every feature the model has."""
+    rng = np.random.default_rng(seed)
+    values = model.features.values
+    return [{name: str(rng.choice(values[name][1:])) for name in values} for _ in range(n)]
 
 
 def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float]:

@@ -37,6 +37,7 @@ MAX_TS_MS = 2**63 - 1  # int64, as in the protobuf Event
 MAX_FEATURES = 32  # profile features on one event or request
 MAX_FEATURE_NAME_CHARS = 64
 MAX_FEATURE_VALUE_CHARS = 256
+NAMED_FEATURES = 5  # unknown feature names a message lists
 
 # Reason codes: a small fixed set, safe as a metric label and a DLQ header.
 EMPTY = "empty_record"
@@ -133,13 +134,25 @@ def check_known(event: Event, item_index: Mapping[str, int], features: Collectio
     """InvalidEvent unless the model knows the event's item and its feature names."""
     if event.item_id not in item_index:
         raise InvalidEvent(UNKNOWN_ITEM, f"item {event.item_id[:64]!r} is not in the catalogue")
-    unknown = sorted(set(event.features) - set(features))
-    if unknown:
-        named = ", ".join(repr(name) for name in unknown[:5])
-        raise InvalidEvent(
-            UNKNOWN_FEATURE,
-            f"unknown feature {named}; this model knows {', '.join(features) or 'none'}",
-        )
+    problem = unknown_features(event.features, features)
+    if problem:
+        raise InvalidEvent(UNKNOWN_FEATURE, problem)
+
+
+def unknown_features(given: Collection[str], known: Collection[str]) -> str | None:
+    """What is wrong with feature names the model does not know, None when all are known.
+    The message may become a gRPC status detail, refused past 16 KiB: a few names, each cut
+    short, and a count."""
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return None
+    named = ", ".join(_shortened(name) for name in unknown[:NAMED_FEATURES])
+    more = f" and {len(unknown) - NAMED_FEATURES} more" if len(unknown) > NAMED_FEATURES else ""
+    return f"unknown feature {named}{more}; this model knows {', '.join(known) or 'none'}"
+
+
+def _shortened(name: str, limit: int = 40) -> str:
+    return name if len(name) <= limit else f"{name[:limit]}..."
 
 
 def check_feature_map(features: object) -> dict[str, str]:

@@ -18,19 +18,13 @@ import numpy as np
 import torch
 
 from service.errors import HistoryError, UnknownFeatureError
+from service.events import unknown_features
 from service.history import History, Interaction, decode_entry
 from service.state import UserRecord
 from trainer.adapt import inner_loop
 from trainer.artifact import Artifact
 from trainer.features import UNKNOWN, describe_reading
 from trainer.split import Support
-
-NAMED_FEATURES = 5  # unknown feature names an error message lists
-
-
-def _shortened(name: str, limit: int = 40) -> str:
-    return name if len(name) <= limit else f"{name[:limit]}..."
-
 
 # Stored history parts whose interaction each model keeps: parts repeat (a catalogue's items
 # times a few ratings), and the cache is bounded since ratings are arbitrary floats.
@@ -75,20 +69,9 @@ class ServingModel:
 
     def check_features(self, features: Mapping[str, str]) -> None:
         """An unknown feature name is an error (an unknown value is not: it is code 0)."""
-        unknown = sorted(set(features) - set(self.feature_names))
-        if unknown:
-            # The message is the status detail, which gRPC refuses past 16 KiB (the client
-            # would see RESOURCE_EXHAUSTED): a few names, each cut short, and a count.
-            named = ", ".join(_shortened(name) for name in unknown[:NAMED_FEATURES])
-            more = (
-                f" and {len(unknown) - NAMED_FEATURES} more"
-                if len(unknown) > NAMED_FEATURES
-                else ""
-            )
-            raise UnknownFeatureError(
-                f"unknown feature {named}{more}; this model knows "
-                f"{', '.join(self.feature_names) or 'none'}"
-            )
+        problem = unknown_features(features, self.feature_names)
+        if problem:
+            raise UnknownFeatureError(problem)
 
     def feature_codes(self, profiles: Sequence[Mapping[str, str]]) -> torch.Tensor:
         """(B, F) codes of raw profiles: a value the model does not know is code 0, the
@@ -159,15 +142,15 @@ class ServingModel:
 
     def cold_vector(self, profile: Mapping[str, str]) -> np.ndarray:
         """(d,) the vector of a user with no history: the prior their profile conditions."""
-        return self._starts(self.feature_codes([profile]))[0].numpy()
+        return self._starts(self.feature_codes([profile]))[0][0].numpy()
 
-    def _starts(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, d) initial vectors of (B, F) codes, or (1, d), the one prior, when no user has
-        a known feature: inner_loop's first step then scores the catalogue once for all."""
-        if not codes.any():
-            return self.prior.unsqueeze(0)
+    def _starts(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distinct initial vectors (U, d) of (B, F) codes, and each user's row (B,):
+        users with one profile share a start, and inner_loop's first step scores the
+        catalogue once per distinct start (once in all when no user has a profile)."""
+        distinct, start_of = torch.unique(codes, dim=0, return_inverse=True)
         with torch.no_grad():
-            return self._model.initial_users(codes)
+            return self._model.initial_users(distinct), start_of
 
     def adapt(
         self,
@@ -193,8 +176,9 @@ class ServingModel:
             *(torch.from_numpy(a) for a in (items, mask.astype(np.float32), ratings, rated)),
             codes,
         )
+        starts, start_of = self._starts(codes)
         with torch.no_grad():
-            return inner_loop(self._starts(codes), self.tables, support, self.rule)
+            return inner_loop(starts, self.tables, support, self.rule, start_of=start_of)
 
     def scores(self, vector: np.ndarray) -> np.ndarray:
         """(d,) -> (I,) float32 scores over the catalogue: one matrix-vector product."""

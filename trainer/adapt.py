@@ -113,10 +113,15 @@ def support_gradient(
 
 
 def _gradient(
-    users: torch.Tensor, items: ItemTables, terms: SupportTerms, rating_weight: float
+    users: torch.Tensor,
+    items: ItemTables,
+    terms: SupportTerms,
+    rating_weight: float,
+    expected: torch.Tensor | None = None,  # (B, d) E_softmax(u)[v], when already known
 ) -> torch.Tensor:
-    probs = torch.softmax(scores(users, items), dim=1)  # (B, I)
-    grad = terms.count * (probs @ items.vectors) - terms.positives
+    if expected is None:
+        expected = torch.softmax(scores(users, items), dim=1) @ items.vectors  # (B, d)
+    grad = terms.count * expected - terms.positives
     if rating_weight:
         w = terms.rating_vectors  # (B, S, d)
         predicted = (w @ users.unsqueeze(-1)).squeeze(-1)  # (B, S): u . w_s
@@ -131,23 +136,30 @@ def inner_loop(
     support: Support,
     rule: InnerRule,
     first_order: bool = False,
+    start_of: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """K steps from the initial vectors; returns the adapted vectors (B, d).
 
-    `initial` is (B, d), or (1, d) when every user starts from the same vector: the
-    first step's scores and softmax are then computed once, not once per user.
-
+    `initial` is (B, d), one start per user; or (U, d) distinct starts, with `start_of`
+    (B,) naming each user's row (without it, a (1, d) start is every user's). Users who
+    share a start then share the first step's scores and softmax, computed once per
+    distinct start: the catalogue-wide part of that step costs U rows, not B.
     first_order drops the second-order terms (the inner gradients are treated
     as constants), as in first-order MAML.
     """
     terms = support_terms(items, support)
     scale = 1.0 / (terms.count + rule.prior)  # (B, 1)
-    users = initial
+    if start_of is None and len(initial) != len(scale):
+        start_of = torch.zeros(len(scale), dtype=torch.long, device=initial.device)
+    users, expected = initial, None
+    if start_of is not None:
+        users = initial[start_of]  # (B, d), a copy
+        if rule.steps:
+            expected = (torch.softmax(scores(initial, items), dim=1) @ items.vectors)[start_of]
     for _ in range(rule.steps):
-        grad = _gradient(users, items, terms, rule.rating_weight)
+        grad = _gradient(users, items, terms, rule.rating_weight, expected)
+        expected = None
         if first_order:
             grad = grad.detach()
         users = users - scale * (grad @ rule.preconditioner.T)
-    if len(users) != len(scale):  # a shared start that took no step: (B, d), not a view of it
-        users = users.expand(len(scale), -1).clone()
     return users

@@ -55,15 +55,20 @@ class TrainConfig:
     # Share of episodes whose user's side features are hidden. The service adapts users from
     # events, which carry none: a prior trained always with features is off-centre without.
     feature_dropout: float = 0.5
+    # Share of episodes of a user with neither events nor a profile (k = 0, features hidden):
+    # the bare prior is otherwise a small corner of the objective, and it is what a
+    # brand-new user without a profile is served.
+    zero_shot_share: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(
             self,
             positive=("meta_steps", "users_per_step", "meta_lr", "eval_every", "patience"),
-            non_negative=("max_support", "item_lr_scale", "feature_dropout"),
+            non_negative=("max_support", "item_lr_scale", "feature_dropout", "zero_shot_share"),
         )
-        if self.feature_dropout > 1:
-            raise ValueError(f"feature_dropout must be <= 1, got {self.feature_dropout}")
+        for name in ("feature_dropout", "zero_shot_share"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"{name} must be <= 1, got {getattr(self, name)}")
         if self.users_per_step > MAX_USERS_PER_STEP:
             raise ValueError(
                 f"users_per_step must be <= {MAX_USERS_PER_STEP}, got {self.users_per_step}"
@@ -108,7 +113,11 @@ def sample_episodes(
     seqs = episode_histories(ctx, batch, rng)
     rows = np.arange(len(batch))
     ks = np.minimum(rng.integers(0, config.max_support + 1, len(batch)), seqs.lengths - 1)
-    support = support_batch(seqs, rows, ks, _episode_features(ctx, batch, config, rng))
+    features = _episode_features(ctx, batch, config, rng)
+    if config.zero_shot_share:  # no draw at 0: the episodes of a run without it stay as they were
+        bare = rng.random(len(batch)) < config.zero_shot_share
+        ks, features = np.where(bare, 0, ks), features * ~bare[:, None]
+    support = support_batch(seqs, rows, ks, features)
     counts = seqs.lengths - ks
     query_rows, flat = positions_after(seqs, rows, ks)
     items = torch.from_numpy(seqs.items[flat])

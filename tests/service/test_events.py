@@ -168,7 +168,7 @@ def test_check_known_refuses_an_item_or_a_feature_the_model_lacks() -> None:
         check_known(event, {"i2": 0}, ["age"])
     assert caught.value.reason == events.UNKNOWN_ITEM
     with pytest.raises(
-        InvalidEvent, match="unknown feature 'age'; this model knows gender"
+        InvalidEvent, match="unknown feature age; this model knows gender"
     ) as caught:
         check_known(event, {"i1": 3}, ["gender"])
     assert caught.value.reason == events.UNKNOWN_FEATURE

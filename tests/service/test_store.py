@@ -45,6 +45,9 @@ def history(n: int, rated: bool = True) -> History:
     )
 
 
+PROFILE = {"age": "34", "gender": "F", "occupation": "technician"}
+
+
 def record(user_id: str = "u1", version: int = 1, n: int = 50) -> UserRecord:
     rng = np.random.default_rng(version)
     return UserRecord(
@@ -61,10 +64,11 @@ def record(user_id: str = "u1", version: int = 1, n: int = 50) -> UserRecord:
 def assert_same(a: UserRecord, b: UserRecord) -> None:
     assert np.array_equal(a.vector, b.vector) and a.vector.dtype == np.float32
     assert (a.user_id, a.history, a.model_version) == (b.user_id, b.history, b.model_version)
-    assert (a.state_version, dict(a.watermarks), a.updated_at_ms) == (
+    assert (a.state_version, dict(a.watermarks), a.updated_at_ms, dict(a.profile)) == (
         b.state_version,
         dict(b.watermarks),
         b.updated_at_ms,
+        dict(b.profile),
     )
 
 
@@ -166,6 +170,23 @@ def test_ttl_is_set_when_configured(redis_url: str) -> None:
 def test_a_user_with_50_events_takes_at_most_1_kib(store: UserStore) -> None:
     store.put_many([record("user-000123", n=50)])
     assert store.client.memory_usage(user_key("user-000123"), samples=0) <= 1024
+
+
+def test_a_user_with_a_3_feature_profile_and_50_events_takes_at_most_1_kib(
+    store: UserStore,
+) -> None:
+    profiled = replace(record("user-000124", n=50), profile=PROFILE)
+    store.put_many([profiled])
+    assert_same(store.get("user-000124"), profiled)
+    assert store.client.memory_usage(user_key("user-000124"), samples=0) <= 1024
+
+
+@pytest.mark.parametrize("raw", [b"age", b"age\x1f23\x1fx", b"\x1e"])
+def test_a_malformed_profile_is_an_unreadable_record(store: UserStore, raw: bytes) -> None:
+    store.put_many([replace(record("torn-profile"), profile=PROFILE)])
+    store.client.hset(user_key("torn-profile"), "p0", raw)
+    with pytest.raises(StoreError, match="'torn-profile': stored record is unreadable"):
+        store.get("torn-profile")
 
 
 def test_an_unreadable_record_is_a_clear_error(store: UserStore) -> None:

@@ -46,6 +46,14 @@ def test_one_shared_start_equals_that_start_repeated() -> None:
     assert unmoved.shape == (8, 8) and unmoved.data_ptr() != shared.data_ptr()
 
 
+def test_distinct_starts_named_per_user_equal_each_users_own_start() -> None:
+    users, items, support = random_problem(n_users=8, n_support=6, n_items=40, dim=8)
+    distinct = users[:3]  # (U, d): the service's starts, one per distinct profile
+    start_of = torch.tensor([0, 2, 2, 1, 0, 1, 2, 0])
+    adapted = inner_loop(distinct, items, support, _rule(8), start_of=start_of)
+    torch.testing.assert_close(adapted, inner_loop(distinct[start_of], items, support, _rule(8)))
+
+
 def test_empty_support_keeps_the_prior_and_evidence_scales_the_step() -> None:
     users, items, support = random_problem(n_users=4, n_support=5, n_items=20, dim=6)
     support.mask[0] = 0
