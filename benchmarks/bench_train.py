@@ -1,8 +1,9 @@
 """Meta-training speed and the quality it reaches, on one device.
 
 Prints one JSON object: wall time, outer steps, tasks (episodes) per second,
-the validation NDCG@20 that selected the model, and the test NDCG@20 of the
-selected model at each support size.
+the validation NDCG@20 that selected the model, the test NDCG@20 of the
+selected model at each support size, and the process's peak resident memory
+(data loading, training and scoring together: the trainer's standing target).
 
     python benchmarks/bench_train.py --data ../shared/data/ml-1m --device cpu
 """
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 
 import torch
 
@@ -70,6 +72,7 @@ def main() -> None:
                 "tasks_per_s": round(summary["tasks_per_s"], 1),
                 "valid_ndcg@20": round(summary["valid_ndcg@20"], 4),
                 "test_ndcg@20": test_ndcg,
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             }
         )
     )

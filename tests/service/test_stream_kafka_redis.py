@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,14 @@ def test_events_reach_redis_invalid_ones_are_dead_lettered_and_a_replay_changes_
         "unknown_item": ("user1", event("user1", 99, "no-such-item").to_json()),
         "payload_too_large": ("user2", b'{"pad": "' + b"x" * ONE_MB + b'"}'),
         "key_mismatch": ("user3", event("user2", 99, "i3").to_json()),
+        "unknown_feature": (
+            "user4",
+            replace(event("user4", 99, "i3"), features={"shoe_size": "9"}).to_json(),
+        ),
+        "bad_feature": (
+            "user4",
+            replace(event("user4", 98, "i3"), features={"age": "2" * 10_000}).to_json(),
+        ),
     }
     for round_ in range(4):
         for u, user in enumerate(users):
