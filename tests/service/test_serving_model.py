@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from service.history import History, HistoryEntry
 from service.model import ServingModel
+from service.state import UserRecord
 from tests.helpers.tiny_model import write_tiny_model
 from trainer import artifact
 from trainer.data import load_dataset
@@ -75,3 +77,20 @@ def test_a_model_trained_without_user_features_serves_cold_and_adapted_users(
     adapted = served.adapt([[(3, 4.0), (7, None)]])[0].numpy()
     assert np.isfinite(served.scores(adapted)).all()
     assert not np.allclose(adapted, cold)  # the events moved the user from the prior
+
+
+def test_a_stored_profile_is_read_by_the_model_that_re_adapts_it(tmp_path: Path) -> None:
+    """After a model swap the stored raw values are read by the new model's own reading; a
+    feature the new model lacks is ignored, not an error."""
+    with_features = ServingModel(artifact.load(write_tiny_model(tmp_path / "a")))
+    without = ServingModel(artifact.load(write_tiny_model(tmp_path / "b", user_features=False)))
+    history = History([HistoryEntry("i3", 4.0), HistoryEntry("i7", None)])
+    record = UserRecord(
+        "swapped", np.zeros(8, np.float32), history, "older", 1, profile={"age": "23"}
+    )
+    for model in (with_features, without):
+        interactions = model.interactions(history)
+        expected = model.adapt([interactions], [{"age": "23"}])[0].numpy()
+        np.testing.assert_allclose(model.vector(record, interactions), expected, rtol=1e-6)
+    bare = without.adapt([without.interactions(history)])[0].numpy()
+    np.testing.assert_allclose(without.vector(record, without.interactions(history)), bare)
