@@ -139,11 +139,12 @@ def check_known(event: Event, item_index: Mapping[str, int], features: Collectio
         raise InvalidEvent(UNKNOWN_FEATURE, problem)
 
 
-def unknown_features(given: Collection[str], known: Collection[str]) -> str | None:
+def unknown_features(given: Mapping[str, str], known: Collection[str]) -> str | None:
     """What is wrong with feature names the model does not know, None when all are known.
-    The message may become a gRPC status detail, refused past 16 KiB: a few names, each cut
-    short, and a count."""
-    unknown = sorted(set(given) - set(known))
+    An empty value is a removal and may name any feature: a profile must be able to drop
+    one that an earlier model knew. The message may become a gRPC status detail, refused
+    past 16 KiB: a few names, each cut short, and a count."""
+    unknown = sorted(name for name, value in given.items() if value and name not in known)
     if not unknown:
         return None
     named = ", ".join(_shortened(name) for name in unknown[:NAMED_FEATURES])
@@ -159,6 +160,8 @@ def check_feature_map(features: object) -> dict[str, str]:
     """A profile's features: at most MAX_FEATURES names of bounded length to bounded strings
     without control characters (the stored profile uses them as separators). An empty
     value is allowed: it removes the feature from a stored profile."""
+    if features is None:  # JSON null, as an absent map
+        return {}
     if not isinstance(features, Mapping):
         raise InvalidEvent(WRONG_TYPE, f"features must be an object, got {_json_type(features)}")
     if len(features) > MAX_FEATURES:

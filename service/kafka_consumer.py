@@ -242,10 +242,10 @@ class EventConsumer:
         valid, model = [], self.applier.model
         for record in records:
             try:
-                # A record's timestamp (the producer's clock) stands in for an absent ts.
-                event = parse_event(
-                    record.value, record.timestamp if record.timestamp > 0 else None
-                )
+                # A record's timestamp (the producer's clock) stands in for an absent ts;
+                # a record of the oldest message format has none.
+                stamp = record.timestamp if record.timestamp and record.timestamp > 0 else None
+                event = parse_event(record.value, stamp)
                 check_key(event, record.key)
                 check_known(event, model.item_index, model.feature_names)
             except InvalidEvent as invalid:

@@ -24,6 +24,7 @@ from service.state import UserRecord
 from trainer.adapt import inner_loop
 from trainer.artifact import Artifact
 from trainer.features import UNKNOWN, describe_reading
+from trainer.model import ColdStartModel
 from trainer.split import Support
 
 # Stored history parts whose interaction each model keeps: parts repeat (a catalogue's items
@@ -33,6 +34,7 @@ PART_CACHE = 2**16
 # rollout every stored state is stale until the user's next event, and re-adapting one costs
 # more than a whole Recommend: a user read again meanwhile is served from here.
 READAPTED_CACHE = 2**14
+COLD_CACHE = 2**12  # distinct profiles' cold starts kept (the features' value combinations)
 
 
 class ServingModel:
@@ -60,6 +62,8 @@ class ServingModel:
         self._interaction = functools.lru_cache(maxsize=PART_CACHE)(
             functools.partial(_read_part, self.item_index)
         )
+        # Cold starts by profile codes: a cold Recommend is then numpy only, as a warm one.
+        self._cold = functools.lru_cache(maxsize=COLD_CACHE)(functools.partial(_cold_start, model))
         # Keyed by the stored write (user, state version, write time): a new write is a miss.
         self._readapted: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
 
@@ -141,8 +145,9 @@ class ServingModel:
             return None
 
     def cold_vector(self, profile: Mapping[str, str]) -> np.ndarray:
-        """(d,) the vector of a user with no history: the prior their profile conditions."""
-        return self._starts(self.feature_codes([profile]))[0][0].numpy()
+        """(d,) the vector of a user with no history: the prior their profile conditions.
+        Shared between calls: not to be written to."""
+        return self._cold(tuple(self.features.codes(profile)))
 
     def _starts(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The distinct initial vectors (U, d) of (B, F) codes, and each user's row (B,):
@@ -208,6 +213,11 @@ class ServingModel:
             for i, s in zip(best.indices.tolist(), best.values.tolist(), strict=True)
             if s != -np.inf
         ]
+
+
+def _cold_start(model: ColdStartModel, codes: tuple[int, ...]) -> np.ndarray:
+    with torch.no_grad():
+        return model.initial_users(torch.tensor([codes], dtype=torch.long))[0].numpy()
 
 
 def _read_part(item_index: Mapping[str, int], part: str) -> Interaction | None:

@@ -125,8 +125,9 @@ class Recommender:
                 self._warn_degraded("user %r: answering from the prior: %s", query.user_id, error)
                 state = "degraded"
         # A stored profile is the user's own; a request's features stand in for a user the
-        # service holds no profile for.
-        profile = record.profile if record is not None and record.profile else query.features
+        # service holds no profile the model can read.
+        stored = record.profile if record is not None else {}
+        profile = stored if model.features_used(stored) else query.features
         self._count_unknown(model, profile)
         items = model.top_k(model.cold_vector(profile), k, candidates=candidates)
         self.metrics.on_response(state)

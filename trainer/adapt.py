@@ -150,6 +150,8 @@ def inner_loop(
     terms = support_terms(items, support)
     scale = 1.0 / (terms.count + rule.prior)  # (B, 1)
     if start_of is None and len(initial) != len(scale):
+        if len(initial) != 1:
+            raise ValueError(f"{len(initial)} starts for {len(scale)} users need start_of")
         start_of = torch.zeros(len(scale), dtype=torch.long, device=initial.device)
     users, expected = initial, None
     if start_of is not None:

@@ -164,6 +164,8 @@ def test_the_mapping_entry_point_validates_the_same_way() -> None:
 def test_check_known_refuses_an_item_or_a_feature_the_model_lacks() -> None:
     event = parse_event(encoded(features={"age": "23"}))
     check_known(event, {"i1": 3}, ["age", "gender"])
+    removal = parse_event(encoded(features={"zip": ""}))  # any name may be removed
+    check_known(removal, {"i1": 3}, ["age"])
     with pytest.raises(InvalidEvent, match="not in the catalogue") as caught:
         check_known(event, {"i2": 0}, ["age"])
     assert caught.value.reason == events.UNKNOWN_ITEM

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 DOMAIN = (
+    "profiles",
     "recommend",
     "ingest",
     "applier",

@@ -171,7 +171,9 @@ def test_an_empty_value_removes_a_feature_and_an_unknown_value_is_kept_and_count
         request = recommender_pb2.UpsertUserRequest(user_id="changing", features=first)
         response = stub.UpsertUser(request, timeout=5)
         assert list(response.features_used) == ["age", "gender"]  # no astronauts in training
-        request = recommender_pb2.UpsertUserRequest(user_id="changing", features={"gender": ""})
+        # An empty value removes a feature, even one this model does not know.
+        removals = {"gender": "", "zip": ""}
+        request = recommender_pb2.UpsertUserRequest(user_id="changing", features=removals)
         response = stub.UpsertUser(request, timeout=5)
         assert dict(response.profile) == {"age": "23", "occupation": "astronaut"}
     finally:

@@ -277,3 +277,16 @@ def test_a_throttled_warning_says_how_many_it_held_back(caplog: pytest.LogCaptur
         "degraded 0",
         "degraded 5 (4 more such answers since the last line)",
     ]
+
+
+def test_a_stored_profile_the_model_cannot_read_gives_way_to_the_requests_features(
+    service: Running, model: ServingModel
+) -> None:
+    """A profile kept from an earlier model, naming features this one lacks."""
+    stale = UserRecord("stale-profile", model.prior.numpy(), History(), model.version, 1)
+    assert service.store.put_many([replace(stale, profile={"zip": "10001"})])
+    first = model.feature_names[0]
+    features = {first: model.features.values[first][1]}
+    response = recommend(service, user_id="stale-profile", k=5, features=features)
+    assert response.state == recommender_pb2.COLD
+    assert list(response.features_used) == [first]

@@ -110,10 +110,14 @@ class RecommenderServicer:
         features are merged into the stored profile (an empty value removes that
         feature); every later adaptation of the user starts from the prior the
         profile conditions, and Recommend uses it without features in the
-        request. The user's vector is re-adapted at once. A feature name the
-        model does not know is INVALID_ARGUMENT; a value it does not know is kept
-        and treated as unknown (see GetModelInfo for the accepted values). When
-        the user-state store is unreachable the call is UNAVAILABLE.
+        request. The user's vector is re-adapted at once. Profile changes, from
+        this call or from events, apply in the order the service applies them.
+        A feature name the model does not know is INVALID_ARGUMENT (unless its
+        value is empty: a removal); a value it does not know is kept and treated
+        as unknown (see GetModelInfo for the accepted values). When the
+        user-state store is unreachable the call is UNAVAILABLE; when the user
+        kept changing under it, ABORTED (retry); when the user's stored record
+        cannot be read, FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
