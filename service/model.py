@@ -101,9 +101,11 @@ class ServingModel:
 
     def unknown_values(self, profile: Mapping[str, str]) -> list[str]:
         """The profile's features this model knows by name but not by value."""
-        used = set(self.features_used(profile))
+        reader = self.features
         return [
-            n for n in sorted(profile) if n in self.features.values and n not in used and profile[n]
+            name
+            for name, value in sorted(profile.items())
+            if value and name in reader.values and not reader.code(name, value)
         ]
 
     def is_current(self, record: UserRecord) -> bool:

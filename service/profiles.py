@@ -19,7 +19,7 @@ from service.errors import ConflictError, HistoryError, InvalidRequest, StoreErr
 from service.history import History
 from service.metrics import Metrics
 from service.model import ServingModel
-from service.recommend import check_profile, check_user_id
+from service.requests import check_profile, check_user_id
 from service.state import StateStore, UserRecord, merge_profile, now_ms
 
 logger = logging.getLogger(__name__)

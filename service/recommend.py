@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import HistoryError, InvalidEvent, InvalidRequest, StoreError, StoreUnavailable
-from service.events import check_feature_map, check_id
+from service.errors import HistoryError, InvalidRequest, StoreError, StoreUnavailable
 from service.metrics import Metrics
 from service.model import ServingModel, item_indices
+from service.requests import check_profile, check_user_id
 from service.state import StateStore, UserRecord
 
 logger = logging.getLogger(__name__)
@@ -60,22 +60,6 @@ class UserSummary:
     model_version: str = ""
     updated_at_ms: int = 0
     profile: Mapping[str, str] = field(default_factory=dict)
-
-
-def check_user_id(user_id: str) -> None:
-    try:
-        check_id("user_id", user_id)
-    except InvalidEvent as error:
-        raise InvalidRequest(error.message) from None
-
-
-def check_profile(features: Mapping[str, str], model: ServingModel) -> None:
-    """A request's features: bounded names and values (as on events), names the model's."""
-    try:
-        check_feature_map(features)
-    except InvalidEvent as error:
-        raise InvalidRequest(error.message) from None
-    model.check_features(features)  # raises UnknownFeatureError
 
 
 class ThrottledWarning:

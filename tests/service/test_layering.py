@@ -9,6 +9,7 @@ import pytest
 
 DOMAIN = (
     "profiles",
+    "requests",
     "recommend",
     "ingest",
     "applier",
