@@ -24,8 +24,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 from service.errors import ConflictError, HistoryError, StoreError
 from service.events import Event
 from service.history import History, HistoryEntry, Interaction
@@ -186,7 +184,7 @@ class EventApplier:
         skipped: the write may still repair it, and the batch must not fail for a metric.
         A random sample of at most `hit_sample` users per batch is judged: the rate is an
         estimate either way, and scoring every touched user's catalogue is not free.
-        Scored by the model's one scoring path, `ServingModel.top_k_many`, as Recommend is.
+        Scored by the model's one scoring path, `ServingModel.top_k`, as Recommend is.
         """
         candidates = [
             (user, update.stored, update.events[0].event.item_id)
@@ -195,21 +193,14 @@ class EventApplier:
         ]
         if len(candidates) > self.hit_sample:
             candidates = random.sample(candidates, self.hit_sample)
-        judged, vectors, excludes = [], [], []
+        hits = {}
         for user, stored, item_id in candidates:
             vector, seen = self.model.prior.numpy(), []
             if stored is not None:
                 vector, seen = stored.vector, self.model.seen(stored.history)
             if seen is not None:
-                judged.append((user, item_id))
-                vectors.append(vector)
-                excludes.append(seen)
-        if not judged:
-            return {}
-        best = self.model.top_k_many(np.stack(vectors), self.hit_k, excludes)
-        hits = {}
-        for (user, item_id), top in zip(judged, best, strict=True):
-            hits[user] = any(item == item_id for item, _ in top)
+                best = self.model.top_k(vector, self.hit_k, exclude=seen)
+                hits[user] = any(item == item_id for item, _ in best)
         return hits
 
 

@@ -2,7 +2,7 @@
 
 The service never re-implements the adaptation: it is the trainer's own
 `inner_loop`, started from the model's own initialisation. Scoring is one path,
-`top_k_many`: u . v_i + b_i on numpy views of the same item tables (see
+`top_k`: u . v_i + b_i on numpy views of the same item tables (see
 `ServingModel.__init__` for why not torch), for Recommend and for the consumer's
 online hit rate alike. Otherwise this module only translates between the raw ids
 and feature values of the outside world and the model's tensor indices.
@@ -187,9 +187,9 @@ class ServingModel:
         with torch.no_grad():
             return inner_loop(starts, self.tables, support, self.rule, start_of=start_of)
 
-    def scores(self, vectors: np.ndarray) -> np.ndarray:
-        """(B, d) -> (B, I) float32 scores over the catalogue, or (d,) -> (I,)."""
-        scores = np.asarray(vectors, dtype=np.float32) @ self._vectors.T
+    def scores(self, vector: np.ndarray) -> np.ndarray:
+        """(d,) -> (I,) float32 scores over the catalogue: one matrix-vector product."""
+        scores = self._vectors @ np.asarray(vector, dtype=np.float32)
         scores += self._bias
         return scores
 
@@ -200,31 +200,20 @@ class ServingModel:
         exclude: Sequence[int] = (),
         candidates: Sequence[int] | None = None,
     ) -> list[tuple[str, float]]:
-        """The k best items for one user, excluding `exclude`, among `candidates` if given."""
-        return self.top_k_many(np.asarray(vector)[None], k, [exclude], candidates)[0]
-
-    def top_k_many(
-        self,
-        vectors: np.ndarray,
-        k: int,
-        excludes: Sequence[Sequence[int]],
-        candidates: Sequence[int] | None = None,
-    ) -> list[list[tuple[str, float]]]:
-        """The k best items for each of (B, d) users, the b-th excluding `excludes[b]`:
-        the one scoring path, for Recommend (one user) and the online hit rate (many)."""
-        scores = self.scores(vectors)  # (B, I)
+        """The k best items, excluding `exclude`, among `candidates` when given."""
+        scores = self.scores(vector)
         if candidates is not None:
             allowed = np.full_like(scores, -np.inf)
             index = np.asarray(candidates, dtype=np.intp)
-            allowed[:, index] = scores[:, index]
+            allowed[index] = scores[index]
             scores = allowed
-        for row, exclude in enumerate(excludes):
-            if len(exclude):
-                scores[row, np.asarray(exclude, dtype=np.intp)] = -np.inf
-        best = torch.from_numpy(scores).topk(min(k, scores.shape[1]), dim=1)  # not argpartition
+        if exclude:
+            scores[np.asarray(exclude, dtype=np.intp)] = -np.inf
+        best = torch.from_numpy(scores).topk(min(k, scores.shape[0]))  # faster than argpartition
         return [
-            [(self.item_ids[i], s) for i, s in zip(ids, values, strict=True) if s != -np.inf]
-            for ids, values in zip(best.indices.tolist(), best.values.tolist(), strict=True)
+            (self.item_ids[i], s)
+            for i, s in zip(best.indices.tolist(), best.values.tolist(), strict=True)
+            if s != -np.inf
         ]
 
 
