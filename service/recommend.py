@@ -110,13 +110,16 @@ class Recommender:
                 state = "degraded"
         # A stored profile is the user's own; a request's features stand in for a user the
         # service holds no profile the model can read.
-        stored = record.profile if record is not None else {}
-        profile = stored if model.features_used(stored) else query.features
+        profile = record.profile if record is not None else {}
+        used = model.features_used(profile)
+        if not used:
+            profile = query.features
+            used = model.features_used(profile)
         self._count_unknown(model, profile)
         items = model.top_k(model.cold_vector(profile), k, candidates=candidates)
         self.metrics.on_response(state)
         version = record.state_version if record is not None and state == "cold" else 0
-        return Recommendation(items, model.version, state, 0, version, model.features_used(profile))
+        return Recommendation(items, model.version, state, 0, version, used)
 
     def user_state(self, user_id: str) -> UserSummary:
         check_user_id(user_id)
