@@ -92,6 +92,8 @@ class SupportTerms:
 
 
 def support_terms(items: ItemTables, support: Support) -> SupportTerms:
+    """`items` is the table the support indexes: the scored catalogue, or for the item role
+    the support users' own rows."""
     mask = support.mask  # (B, S)
     return SupportTerms(
         count=mask.sum(1, keepdim=True),
@@ -137,8 +139,14 @@ def inner_loop(
     rule: InnerRule,
     first_order: bool = False,
     start_of: torch.Tensor | None = None,
+    pulls: ItemTables | None = None,
 ) -> torch.Tensor:
     """K steps from the initial vectors; returns the adapted vectors (B, d).
+
+    The same step serves both roles. A user is pulled towards its support items and
+    scored against the item catalogue. An item (vector and bias as one row, users as
+    rows [u, 1]) is pulled towards its support users, given as `pulls` (the rows the
+    support indexes), and scored against a fixed reference set of users.
 
     `initial` is (B, d), one start per user; or (U, d) distinct starts, with `start_of`
     (B,) naming each user's row (without it, a (1, d) start is every user's). Users who
@@ -147,7 +155,7 @@ def inner_loop(
     first_order drops the second-order terms (the inner gradients are treated
     as constants), as in first-order MAML.
     """
-    terms = support_terms(items, support)
+    terms = support_terms(items if pulls is None else pulls, support)
     scale = 1.0 / (terms.count + rule.prior)  # (B, 1)
     if start_of is None and len(initial) != len(scale):
         if len(initial) != 1:

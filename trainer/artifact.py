@@ -33,7 +33,7 @@ from trainer.model import ColdStartModel, ModelConfig
 
 # Raised whenever what the manifest's hashes cover changes: an artifact of another format is
 # refused with its version named, not misread.
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 MAX_SEED = 2**32 - 1  # what `coldstart train --seed` accepts
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
@@ -45,6 +45,8 @@ _REQUIRED = {  # key: its JSON type
     "user_features": dict,
     "user_feature_brackets": dict,
     "item_feature_names": list,
+    "cold_item_ids": list,
+    "text_encoder": dict,
     "has_ratings": bool,
     "weights_sha256": str,
     "dataset": dict,
@@ -61,8 +63,11 @@ _IDENTITY = (
     "user_features",
     "user_feature_brackets",
     "item_feature_names",
+    "cold_item_ids",
+    "text_encoder",
     "has_ratings",
 )
+MAX_TEXT_DIM = 4096  # a text encoder's vector width, as a manifest may claim it
 
 
 @dataclass(frozen=True)
@@ -89,14 +94,17 @@ def data_fingerprint(data: Dataset) -> str:
     on. The raw user ids are in it because the split hashes them: the same file with users
     renamed puts other users in the test set. The side features' values are in it because
     the model's prior reads them: the same vocabulary with two users' genders swapped is
-    other data."""
+    other data. Item text and the side file's unseen items are in it: the item-start
+    network reads them."""
     digest = hashlib.sha256()
     arrays = [data.users, data.items, data.ratings, data.timestamps, data.item_features]
+    arrays.append(data.unseen_item_features)
     arrays += [data.user_features[name] for name in sorted(data.user_features)]
     for array in arrays:
         if array is not None:
             digest.update(np.ascontiguousarray(array).tobytes())
     names = [data.item_ids, data.user_ids, data.item_feature_names, sorted(data.user_vocab)]
+    names += [data.item_text, data.unseen_item_ids, data.unseen_item_text]
     names += [data.user_vocab[name] for name in sorted(data.user_vocab)]
     for ids in names:
         digest.update("\n".join(ids).encode() + b"\0")
@@ -117,22 +125,35 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def save(model: ColdStartModel, data: Dataset, out: Path, extra: dict) -> dict:
+def save(
+    model: ColdStartModel,
+    data: Dataset,
+    out: Path,
+    extra: dict,
+    text_encoder: dict | None = None,
+) -> dict:
     """Writes the artifact into `out`; returns the manifest. `extra` adds keys: the split's
-    seed (required), metrics."""
+    seed (required), metrics. A model whose catalogue holds the data's unseen items too
+    (trainer.items.add_unseen_items) lists them as cold items. `text_encoder` describes the
+    encoder the item-start network reads (trainer.text), when it reads text."""
     out.mkdir(parents=True, exist_ok=True)
+    cold = data.unseen_item_ids[: len(model.item_bias) - data.n_items]
+    if data.n_items + len(cold) != len(model.item_bias):
+        raise ValueError(f"a model of {len(model.item_bias)} items for {data.n_items} items")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = save_tensors(state)
     names = sorted(data.user_features)
     manifest = {
         "format_version": FORMAT_VERSION,
         "model_config": dataclasses.asdict(model.config),
-        "item_ids": data.item_ids,
+        "item_ids": data.item_ids + cold,
         "user_features": {name: data.user_vocab[name] for name in names},
         "user_feature_brackets": {
             n: data.user_brackets[n] for n in names if n in data.user_brackets
         },
         "item_feature_names": data.item_feature_names,
+        "cold_item_ids": cold,
+        "text_encoder": text_encoder or {},
         "has_ratings": model.has_ratings,
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
         "dataset": {
@@ -214,13 +235,19 @@ def _read_manifest(path: Path) -> dict:
 
 def _check_names(manifest: dict, path: Path) -> None:
     """The id map and the vocabularies must be lists of strings, ids unique, features sorted."""
-    lists = {"item_ids": manifest["item_ids"], "item_feature_names": manifest["item_feature_names"]}
+    lists = {key: manifest[key] for key in ("item_ids", "item_feature_names", "cold_item_ids")}
     lists |= {f"user_features.{n}": v for n, v in manifest["user_features"].items()}
     for name, values in lists.items():
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise ArtifactError(f"{path}: {name} is not a list of strings")
     if len(set(manifest["item_ids"])) != len(manifest["item_ids"]):
         raise ArtifactError(f"{path}: item_ids repeats an id")
+    cold = manifest["cold_item_ids"]
+    if cold and manifest["item_ids"][-len(cold) :] != cold:
+        raise ArtifactError(f"{path}: cold_item_ids are not the last of item_ids")
+    dim = manifest["text_encoder"].get("dim", 0)
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim <= MAX_TEXT_DIM:
+        raise ArtifactError(f"{path}: text_encoder.dim {dim!r} is not an integer 0..{MAX_TEXT_DIM}")
     # The version hashes the manifest with sorted keys, so it cannot see their order; the
     # feature embeddings are read in this order, and save writes it sorted.
     if list(manifest["user_features"]) != sorted(manifest["user_features"]):
@@ -259,7 +286,8 @@ def _build(manifest: dict) -> ColdStartModel:
     n_items, width = len(manifest["item_ids"]), len(manifest["item_feature_names"])
     vocab = [len(values) for values in manifest["user_features"].values()]
     features = torch.zeros(n_items, width) if width else None
-    return ColdStartModel(config, n_items, features, vocab, bool(manifest["has_ratings"]))
+    text_dim = manifest["text_encoder"].get("dim", 0)
+    return ColdStartModel(config, n_items, features, vocab, bool(manifest["has_ratings"]), text_dim)
 
 
 def load(model_dir: str | Path) -> Artifact:

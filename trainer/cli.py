@@ -14,16 +14,19 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from trainer import artifact
 from trainer.data import FORMATS, Dataset, load_dataset
-from trainer.episodes import make_context
+from trainer.episodes import Context, make_context
 from trainer.errors import ColdstartError
 from trainer.evaluate import PROTOCOLS, EvalOptions
 from trainer.evaluate import run as run_evaluation
-from trainer.model import ModelConfig
+from trainer.items import add_unseen_items, fit_item_side
+from trainer.model import ColdStartModel, ModelConfig
 from trainer.synth import write_synthetic
+from trainer.text import text_vectors
 from trainer.train import TrainConfig, meta_train
 
 log = logging.getLogger(__name__)
@@ -160,7 +163,9 @@ def _settings_then_data(
 
 def cmd_train(args: argparse.Namespace) -> None:
     model_config, train_config, device, data = _settings_then_data(args)
-    ctx = make_context(data, args.seed, args.support_sizes, device)
+    texts = data.item_text + data.unseen_item_text
+    vectors, encoder = text_vectors(texts, model_config.use_item_text)
+    ctx = make_context(data, args.seed, args.support_sizes, device, vectors[: data.n_items])
     _out_dir(args.out)
     log.info(
         "meta-training on %s (%d users, %d items) on %s",
@@ -171,6 +176,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
     started = time.perf_counter()
     model, summary = meta_train(ctx, model_config, train_config)
+    model, items = _item_side(model, ctx, train_config, vectors[data.n_items :])
     extra = {
         "seed": args.seed,
         "support_sizes": args.support_sizes,
@@ -179,9 +185,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             k: summary[k]
             for k in ("valid_ndcg@20", "valid_ndcg@20_no_profile", "best_step", "calibration")
         },
+        "items": items,
         "training": {"device": str(device), "seconds": round(time.perf_counter() - started, 1)},
     }
-    manifest = artifact.save(model, data, args.out, extra)
+    described = None if encoder is None else encoder.describe()
+    manifest = artifact.save(model, data, args.out, extra, described)
     print(
         json.dumps(
             {
@@ -194,7 +202,28 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+def _item_side(
+    model: ColdStartModel, ctx: Context, config: TrainConfig, unseen_text: np.ndarray
+) -> tuple[ColdStartModel, dict]:
+    """The trained model with its new-item side fitted and the data's unseen items added
+    (`unseen_text` their text vectors), and a summary of the fit."""
+    data = ctx.data
+    summary = fit_item_side(model, ctx, config)
+    unseen = data.unseen_item_features
+    if unseen is None:
+        unseen = np.zeros((len(data.unseen_item_ids), 0), dtype=np.float32)
+    features = torch.from_numpy(unseen).to(ctx.device)
+    model = add_unseen_items(model, features, torch.from_numpy(unseen_text).to(ctx.device))
+    summary["unseen_items"] = len(data.unseen_item_ids)
+    return model, summary
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    if args.model and args.protocol == "item-coldstart":
+        raise ColdstartError(
+            "--protocol item-coldstart trains its own models on each seed's warm items; "
+            "drop --model"
+        )
     model_config, train_config, device, data = _settings_then_data(args)
     loaded = artifact.load(args.model) if args.model else None
     seeds = args.seeds or DEFAULT_SEEDS

@@ -55,6 +55,12 @@ class Dataset:
     # Item side features as a multi-hot matrix (n_items, F) float32 (genres, release decade).
     item_features: np.ndarray | None = None
     item_feature_names: list[str] = field(default_factory=list)
+    item_text: list[str] = field(default_factory=list)  # title or description; "" for none
+    # Items the side file lists but no interaction names: the catalogue's cold items, kept
+    # with their features (columns as item_features) and text.
+    unseen_item_ids: list[str] = field(default_factory=list)
+    unseen_item_features: np.ndarray | None = None
+    unseen_item_text: list[str] = field(default_factory=list)
 
     @property
     def n_users(self) -> int:
@@ -99,6 +105,7 @@ class _ItemSide:
     genres: list[list[str]]
     years: list[int | None]
     genre_names: list[str]  # column order of the genre features
+    texts: list[str]  # title and description, "" where neither is given
 
 
 def _log_coverage(file: str, listed: dict[str, int], known: list[str], what: str) -> None:
@@ -137,21 +144,45 @@ def _user_features(user_ids: list[str], side: _UserSide) -> dict[str, dict[str, 
     return features
 
 
-def _item_features(item_ids: list[str], side: _ItemSide) -> tuple[np.ndarray, list[str]]:
+@dataclass(frozen=True)
+class _ItemContent:
+    features: np.ndarray | None  # (n, F) multi-hot
+    names: list[str]  # its columns
+    text: list[str]
+    unseen_ids: list[str]
+    unseen_features: np.ndarray | None
+    unseen_text: list[str]
+
+
+def _item_content(item_ids: list[str], side: _ItemSide) -> _ItemContent:
+    """The items' features and text, and those of the side file's items no interaction
+    names (in file order): a catalogue's launches, kept as cold items."""
     decades = sorted({y // 10 * 10 for y in side.years if y is not None})
     names = [f"genre={g}" for g in side.genre_names] + [f"decade={d}" for d in decades]
     column = {n: j for j, n in enumerate(names)}
-    position = {raw: i for i, raw in enumerate(item_ids)}
-    matrix = np.zeros((len(item_ids), len(names)), dtype=np.float32)  # (n_items, F)
     rows = row_of_each_id(side.table, side.ids, "item")
     _log_coverage(side.table.file, rows, item_ids, "item")
-    for raw, row in rows.items():
-        if raw in position:
+    known = set(item_ids)
+    unseen = [raw for raw in rows if raw not in known]
+
+    def matrix(ids: list[str]) -> np.ndarray:
+        out = np.zeros((len(ids), len(names)), dtype=np.float32)  # (n, F)
+        for i, raw in enumerate(ids):
+            row = rows.get(raw)
+            if row is None:
+                continue
             hot = [f"genre={g}" for g in side.genres[row]]
             if side.years[row] is not None:
                 hot.append(f"decade={side.years[row] // 10 * 10}")
-            matrix[position[raw], [column[h] for h in hot]] = 1.0
-    return matrix, names
+            out[i, [column[h] for h in hot]] = 1.0
+        return out
+
+    def texts(ids: list[str]) -> list[str]:
+        return [side.texts[rows[raw]] if raw in rows else "" for raw in ids]
+
+    return _ItemContent(
+        matrix(item_ids), names, texts(item_ids), unseen, matrix(unseen), texts(unseen)
+    )
 
 
 def _first_of_each_pair(
@@ -196,7 +227,7 @@ def _dataset(
             len(users),
         )
     features = _user_features(user_ids, user_side) if user_side else {}
-    item_features, item_names = _item_features(item_ids, item_side) if item_side else (None, [])
+    content = _item_content(item_ids, item_side) if item_side else None
     return Dataset(
         name=name,
         user_ids=user_ids,
@@ -211,8 +242,12 @@ def _dataset(
         if user_side
         else {},
         user_raw={n: f["raw"] for n, f in features.items()},
-        item_features=item_features,
-        item_feature_names=item_names,
+        item_features=content.features if content else None,
+        item_feature_names=content.names if content else [],
+        item_text=content.text if content else [""] * len(item_ids),
+        unseen_item_ids=content.unseen_ids if content else [],
+        unseen_item_features=content.unseen_features if content else None,
+        unseen_item_text=content.unseen_text if content else [],
     )
 
 
@@ -304,9 +339,10 @@ def _load_ml100k(root: Path) -> Dataset:
         ]
         hot = np.stack(flags, axis=1) != 0  # (n_movies, n_genres)
         genres = [[names[j] for j in np.flatnonzero(row)] for row in hot]
-        years = [_title_year(t) for t in movies.column(1)]
+        titles = movies.column(1)
+        years = [_title_year(t) for t in titles]
         ids = integer_ids(movies, movies.column(0), "item id")
-        item_side = _ItemSide(movies, ids, genres, years, names)
+        item_side = _ItemSide(movies, ids, genres, years, names, stripped(titles))
     columns = _grouplens_columns(table, _four_columns(table))
     return _dataset("ml-100k", table, columns, user_side, item_side)
 
@@ -325,10 +361,11 @@ def _load_ml1m(root: Path) -> Dataset:
     if (root / "movies.dat").exists():
         movies = read_side_table(root / "movies.dat", "::", _LATIN1, 3)
         genres = [g.split("|") if g else [] for g in movies.column(2)]
-        years = [_title_year(t) for t in movies.column(1)]
+        titles = movies.column(1)
+        years = [_title_year(t) for t in titles]
         names = sorted({g for gs in genres for g in gs})
         ids = integer_ids(movies, movies.column(0), "item id")
-        item_side = _ItemSide(movies, ids, genres, years, names)
+        item_side = _ItemSide(movies, ids, genres, years, names, stripped(titles))
     return _dataset("ml-1m", table, columns, user_side, item_side)
 
 
@@ -352,8 +389,15 @@ def _load_csv(root: Path) -> Dataset:
         genres = [[g for g in gs if g] for gs in genres]  # "" and "a||b" name no empty genre
         years = _optional_years(items, items.named("year") or blank)
         names = sorted({g for gs in genres for g in gs})
-        item_side = _ItemSide(items, ids, genres, years, names)
+        item_side = _ItemSide(items, ids, genres, years, names, _csv_item_text(items))
     return _dataset("csv", table, columns, user_side, item_side)
+
+
+def _csv_item_text(items: Table) -> list[str]:
+    """items.csv's `title` and `text` columns, either optional, joined where both are given."""
+    blank = [""] * len(items.rows)
+    pairs = zip(items.named("title") or blank, items.named("text") or blank, strict=True)
+    return [". ".join(part for part in stripped(pair) if part) for pair in pairs]
 
 
 _LOADERS: dict[str, Callable[[Path], Dataset]] = {

@@ -45,6 +45,8 @@ class Context:
     support_sizes: list[int]  # the k values evaluated; validation uses them too
     seed: int
     device: torch.device
+    # (n_items, T) text vectors of the items (trainer.text), on `device`; T = 0 without text.
+    item_text: torch.Tensor
 
     def training_users(self) -> np.ndarray:
         """Training users who can give an episode: a support event and a query event."""
@@ -67,7 +69,11 @@ def require_validation_users(ctx: Context) -> None:
 
 
 def make_context(
-    data: Dataset, seed: int, support_sizes: list[int], device: torch.device
+    data: Dataset,
+    seed: int,
+    support_sizes: list[int],
+    device: torch.device,
+    item_text: np.ndarray | None = None,
 ) -> Context:
     """The seed's user split and protocol order: what training and evaluation share.
     Every method learns from training users, so a split without one that has two
@@ -80,6 +86,9 @@ def make_context(
         support_sizes=support_sizes,
         seed=seed,
         device=device,
+        item_text=torch.zeros(data.n_items, 0, device=device)
+        if item_text is None
+        else torch.from_numpy(item_text).to(device),
     )
     if not len(ctx.training_users()):
         raise DataError(

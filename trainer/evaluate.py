@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer import adapt
+from trainer import adapt, item_protocol
 from trainer.artifact import Artifact
 from trainer.baselines.item_knn import ItemKNN
 from trainer.baselines.melu import MeLU
@@ -32,6 +32,7 @@ from trainer.data import Dataset
 from trainer.episodes import Context, batches, make_context, rank_metrics
 from trainer.errors import DataError
 from trainer.features import FeatureReader
+from trainer.item_methods import item_methods
 from trainer.metrics import graded_ndcg, mae_rmse
 from trainer.model import ModelConfig
 from trainer.split import eligible_test_users, min_length
@@ -39,7 +40,7 @@ from trainer.train import TrainConfig, meta_train
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("coldstart", "melu")
+PROTOCOLS = ("coldstart", "melu", "item-coldstart")
 MELU_QUERY = 10  # query items per user in the MeLU protocol
 MELU_LENGTHS = (13, 100)  # users with this many ratings, inclusive
 MELU_KEY = "rest"  # the support-size key of the MeLU protocol: all but the query items
@@ -247,6 +248,10 @@ def all_methods(options: EvalOptions, artifact: Artifact | None) -> list:
 
 def run(data: Dataset, out: Path, options: EvalOptions, artifact: Artifact | None) -> dict:
     """Evaluates every method on every seed and writes results.json, results.md, ndcg.png."""
+    if options.protocol == "item-coldstart":
+        return item_protocol.run(
+            data, out, options, lambda: item_methods(options.model_config, options.train_config)
+        )
     per_seed = []
     for seed in options.seeds:
         methods = all_methods(options, artifact)

@@ -37,12 +37,15 @@ class ModelConfig:
     rating_weight: float = 0.05  # weight of rating error in inner and outer loss; 0 = ranking only
     use_user_features: bool = True  # condition the prior on user side features
     use_item_features: bool = True  # add projected item features to item vectors
+    use_item_text: bool = True  # give a new item's start its text, when an encoder is installed
+    item_start_width: int = 256  # hidden units of the new-item start generator
+    reference_users: int = 1024  # the users a new item's step scores it against
 
     def __post_init__(self) -> None:
         check_fields(
             self,
-            positive=("dim", "init_inner_lr", "init_prior", "svd_scale"),
-            non_negative=("inner_steps", "rating_weight"),
+            positive=("dim", "init_inner_lr", "init_prior", "svd_scale", "item_start_width"),
+            non_negative=("inner_steps", "rating_weight", "reference_users"),
         )
         if self.inner_steps > MAX_INNER_STEPS:
             raise ValueError(f"inner_steps must be <= {MAX_INNER_STEPS}, got {self.inner_steps}")
@@ -58,6 +61,7 @@ class ColdStartModel(nn.Module):
         item_features: torch.Tensor | None,  # (I, F) multi-hot
         user_vocab_sizes: list[int],  # one per user feature, in user_feature_matrix order
         has_ratings: bool,
+        text_dim: int = 0,  # width of the item text vectors; 0 without an encoder
     ) -> None:
         super().__init__()
         self.config = config
@@ -83,6 +87,20 @@ class ColdStartModel(nn.Module):
         self.log_inner_lr = nn.Parameter(torch.full((d,), math.log(config.init_inner_lr)))
         self.inner_mixing = nn.Parameter(torch.zeros(d, d))  # M in P = diag(rates) (I + M)
         self.log_prior = nn.Parameter(torch.tensor(math.log(config.init_prior)))
+        self.text_dim = text_dim if config.use_item_text else 0
+        with warnings.catch_warnings():  # no features and no text: a zero-width input
+            warnings.simplefilter("ignore", UserWarning)
+            self.item_start = nn.Sequential(
+                nn.Linear(width + self.text_dim, config.item_start_width),
+                nn.ReLU(),
+                nn.Linear(config.item_start_width, d + 1),
+            )
+        # The item step: rates for the vector and for the bias, and its prior strength.
+        self.log_item_rate = nn.Parameter(torch.zeros(2))
+        self.log_item_prior = nn.Parameter(torch.tensor(math.log(config.init_prior)))
+        self.register_buffer("reference_users", torch.zeros(config.reference_users, d))
+        # A new item adapts on its first this-many interactions, then waits for training.
+        self.register_buffer("item_warm_after", torch.tensor(0))
 
     def init_from_data(
         self, log_popularity: torch.Tensor, mean_rating: float, item_vectors: torch.Tensor
@@ -110,6 +128,21 @@ class ColdStartModel(nn.Module):
             rating_weight=weight,
             steps=self.config.inner_steps,
         )
+
+    def item_starts(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(N, F) item features and (N, T) text vectors -> (N, d + 1) starting rows [v, b] of
+        new items. Zero-width inputs (no features, no text) give one learned start."""
+        inputs = torch.cat(
+            [features[:, : self.item_features.shape[1]], text[:, : self.text_dim]], dim=1
+        )
+        return self.item_start(inputs)
+
+    def item_rule(self) -> InnerRule:
+        """The new-item step: a diagonal preconditioner, one rate for the vector, one for
+        the bias."""
+        d = self.config.dim
+        rates = torch.cat([self.log_item_rate[:1].expand(d), self.log_item_rate[1:]]).exp()
+        return InnerRule(torch.diag(rates), self.log_item_prior.exp(), 0.0, self.config.inner_steps)
 
     def initial_users(self, user_features: torch.Tensor) -> torch.Tensor:
         """(B, F) side-feature codes -> (B, d) starting vectors; code 0 means unknown."""

@@ -12,11 +12,25 @@ import matplotlib.pyplot as plt
 
 OURS = "coldstart"
 LOWER_IS_BETTER = {"mae", "rmse"}
-METRICS = ["ndcg@20", "recall@20", "mae", "rmse", "ndcg@3"]  # in table order
+NEITHER = {"mixed_cold_share@20"}  # a share to read, not to maximise
+METRICS = [  # in table order
+    "ndcg@20",
+    "recall@20",
+    "mae",
+    "rmse",
+    "ndcg@3",
+    "mixed_ndcg@20",
+    "mixed_cold_share@20",
+]
 
 
-def _cell(row: dict, metric: str, spread: bool) -> str:
-    value = row.get(metric)
+def _size(results: dict) -> str:
+    """The support-size letter: k interactions of a user, n of an item."""
+    return "n" if results["protocol"]["name"] == "item-coldstart" else "k"
+
+
+def _cell(row: dict | None, metric: str, spread: bool) -> str:
+    value = None if row is None else row.get(metric)
     if value is None:
         return "-"
     if metric == "ndcg@20" and spread:
@@ -32,7 +46,8 @@ def _several_seeds(results: dict) -> bool:
 def _table(results: dict, metric: str) -> list[str]:
     methods, spread = results["methods"], _several_seeds(results)
     keys = list(next(iter(methods.values())))
-    lines = [f"| {metric} | " + " | ".join(f"k={k}" for k in keys) + " |"]
+    size = _size(results)
+    lines = [f"| {metric} | " + " | ".join(f"{size}={k}" for k in keys) + " |"]
     lines.append("|---" * (len(keys) + 1) + "|")
     for name, by_k in methods.items():
         lines.append(
@@ -48,9 +63,10 @@ def _gains(results: dict) -> list[str]:
         return []
     cells = []
     for key, ours in methods[OURS].items():
-        best = max((m[key]["ndcg@20"], n) for n, m in _baselines(results).items())
+        rivals = [(m[key]["ndcg@20"], n) for n, m in _baselines(results).items() if m[key]]
+        best = max(rivals)
         gain = f"{100 * (ours['ndcg@20'] / best[0] - 1):+.1f}%" if best[0] else "n/a"
-        cells.append(f"k={key}: {gain} vs {best[1]}")
+        cells.append(f"{_size(results)}={key}: {gain} vs {best[1]}")
     return ["", "coldstart NDCG@20 vs the best baseline: " + "; ".join(cells)]
 
 
@@ -89,21 +105,23 @@ def _baseline_wins(results: dict, metrics: list[str]) -> list[str]:
     if OURS not in methods:
         return []
     notes = []
-    for metric in metrics:
+    for metric in [m for m in metrics if m not in NEITHER]:
         sign = -1 if metric in LOWER_IS_BETTER else 1
         wins = []
         for name, by_k in _baselines(results).items():
             keys = [
                 key
                 for key, ours in methods[OURS].items()
-                if by_k[key].get(metric) is not None
+                if by_k[key] is not None
+                and by_k[key].get(metric) is not None
                 and ours.get(metric) is not None
                 and sign * by_k[key][metric] > sign * ours[metric]
             ]
+            size = _size(results)
             if len(keys) == len(methods[OURS]) > 1:
-                wins.append(f"{name} at every k")
+                wins.append(f"{name} at every {size}")
             elif keys:
-                wins.append(f"{name} at k={', '.join(keys)}")
+                wins.append(f"{name} at {size}={', '.join(keys)}")
         if wins:
             better = "lower" if metric in LOWER_IS_BETTER else "higher"
             notes.append(
@@ -122,14 +140,20 @@ def _notes(results: dict, metrics: list[str]) -> list[str]:
 def write_markdown(results: dict, path: Path) -> None:
     present = next(iter(next(iter(results["methods"].values())).values()))
     metrics = [m for m in METRICS if present.get(m) is not None]
-    # Each seed is its own split, so each has its own number of test users.
-    counts = " / ".join(str(run["n_test_users"]) for run in results["per_seed"])
+    # Each seed is its own split, so each has its own number of test users (or items).
+    tested = "n_test_items" if "n_test_items" in results else "n_test_users"
+    counts = " / ".join(str(run[tested]) for run in results["per_seed"])
     spread = " (± standard deviation over seeds)" if _several_seeds(results) else ""
+    what = "test items" if tested == "n_test_items" else "test users"
     lines = [
         f"# {results['dataset']}: {results['protocol']['name']} protocol",
         "",
-        f"{counts} test users in seeds {results['seeds']}; mean over seeds{spread}.",
+        f"{counts} {what} in seeds {results['seeds']}; mean over seeds{spread}.",
     ]
+    if "text_encoder" in results:
+        encoder = results["text_encoder"]
+        used = f"{encoder['name']} {encoder['version']}" if encoder else "none"
+        lines += ["", f"Item text encoder: {used}."]
     for metric in metrics:
         lines += ["", *_table(results, metric)]
     lines += _gains(results)
@@ -141,19 +165,22 @@ def write_plot(results: dict, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
     for name, by_k in results["methods"].items():
         keys = list(by_k)
+        shown = [i for i, k in enumerate(keys) if by_k[k] is not None]
         axes.errorbar(
-            range(len(keys)),
-            [by_k[k]["ndcg@20"] for k in keys],
-            yerr=[by_k[k]["ndcg@20_std"] for k in keys],
+            shown,
+            [by_k[keys[i]]["ndcg@20"] for i in shown],
+            yerr=[by_k[keys[i]]["ndcg@20_std"] for i in shown],
             marker="o",
             linewidth=2.5 if name == OURS else 1.2,
             capsize=3,
             label=name,
         )
         axes.set_xticks(range(len(keys)), keys)
-    axes.set_xlabel("support size k (interactions seen)")
-    axes.set_ylabel("NDCG@20")
-    axes.set_title(f"{results['dataset']}: cold-start users, seeds {results['seeds']}")
+    items = _size(results) == "n"
+    axes.set_xlabel(f"support size {_size(results)} (interactions seen)")
+    axes.set_ylabel("NDCG@20 (ranking the cold items)" if items else "NDCG@20")
+    who = "cold-start items" if items else "cold-start users"
+    axes.set_title(f"{results['dataset']}: {who}, seeds {results['seeds']}")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()

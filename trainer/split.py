@@ -68,13 +68,14 @@ class Support:
         return rows, self.items[rows, cols]
 
 
-def _unit_hash(seed: int, user_id: str) -> float:
+def unit_hash(seed: int, user_id: str) -> float:
+    """A position in [0, 1) for an id: the same for the same id and seed, on any machine."""
     digest = hashlib.blake2b(f"{seed}:{user_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
 def split_users(data: Dataset, seed: int) -> UserSplit:
-    position = np.array([_unit_hash(seed, uid) for uid in data.user_ids])
+    position = np.array([unit_hash(seed, uid) for uid in data.user_ids])
     train_end, valid_end = SPLIT_SHARES[0], SPLIT_SHARES[0] + SPLIT_SHARES[1]
     return UserSplit(
         train=np.flatnonzero(position < train_end),

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from trainer.adapt import ratings, scores
+from trainer.adapt import ItemTables, ratings, scores
 from trainer.config_fields import check_fields
 from trainer.data import Dataset
 from trainer.episodes import Context, require_validation_users, validation_ndcg
@@ -59,14 +59,25 @@ class TrainConfig:
     # the bare prior is otherwise a small corner of the objective, and it is what a
     # brand-new user without a profile is served.
     zero_shot_share: float = 0.0
+    # The new-item start (trainer.items): the share of items made cold in each of its
+    # episodes, and its training steps at most (after meta-training, the rest frozen).
+    cold_item_share: float = 0.2
+    item_start_steps: int = 2000
 
     def __post_init__(self) -> None:
         check_fields(
             self,
             positive=("meta_steps", "users_per_step", "meta_lr", "eval_every", "patience"),
-            non_negative=("max_support", "item_lr_scale", "feature_dropout", "zero_shot_share"),
+            non_negative=(
+                "max_support",
+                "item_lr_scale",
+                "feature_dropout",
+                "zero_shot_share",
+                "cold_item_share",
+                "item_start_steps",
+            ),
         )
-        for name in ("feature_dropout", "zero_shot_share"):
+        for name in ("feature_dropout", "zero_shot_share", "cold_item_share"):
             if getattr(self, name) > 1:
                 raise ValueError(f"{name} must be <= 1, got {getattr(self, name)}")
         if self.users_per_step > MAX_USERS_PER_STEP:
@@ -145,14 +156,17 @@ def _episode_features(
     return features
 
 
-def query_loss(model: ColdStartModel, users: torch.Tensor, query: Query) -> torch.Tensor:
+def query_loss(
+    model: ColdStartModel, users: torch.Tensor, query: Query, tables: ItemTables | None = None
+) -> torch.Tensor:
     """Each query item's negative log-probability in a softmax over itself and the items the
     user never touched, averaged per user. A softmax over the whole catalogue puts the
     user's other query items in every denominator: it asks for equal mass on all of them,
     and pushes down a popular query item that belongs at the top. The ranking metrics only
     ask that each query item outrank the untouched ones (sampled softmax drops such
-    'accidental hits' for the same reason)."""
-    tables = model.item_tables()
+    'accidental hits' for the same reason). `tables` replaces the model's own: those with
+    some items started cold."""
+    tables = model.item_tables() if tables is None else tables
     logits = scores(users, tables)  # (B, I)
     touched = query.hidden | (query.weights > 0)
     untouched = torch.logsumexp(logits.masked_fill(touched, -1e9), dim=1, keepdim=True)
@@ -171,7 +185,8 @@ def build_model(ctx: Context, config: ModelConfig) -> ColdStartModel:
     if data.item_features is not None:
         features = torch.from_numpy(data.item_features).float()
     vocab = [len(data.user_vocab[name]) for name in sorted(data.user_features)]
-    model = ColdStartModel(config, data.n_items, features, vocab, data.ratings is not None)
+    has_ratings, text_dim = data.ratings is not None, ctx.item_text.shape[1]
+    model = ColdStartModel(config, data.n_items, features, vocab, has_ratings, text_dim)
     train = ctx.split.train
     in_train = np.isin(data.users, train)
     counts = np.bincount(data.items[in_train], minlength=data.n_items)
@@ -233,7 +248,7 @@ def meta_train(
     with progress_bar(config.meta_steps, "meta-train", progress) as bar:
         for step in range(1, config.meta_steps + 1):
             support, query = sample_episodes(ctx, users, config, rng)
-            support, query = support.to(ctx.device), _query_to(query, ctx.device)
+            support, query = support.to(ctx.device), query_to(query, ctx.device)
             loss = query_loss(model, model.adapt(support, config.first_order), query)
             optimizer.zero_grad()
             loss.backward()
@@ -321,6 +336,6 @@ def calibrate_step(model: ColdStartModel, ctx: Context) -> dict:
     }
 
 
-def _query_to(query: Query, device: torch.device) -> Query:
+def query_to(query: Query, device: torch.device) -> Query:
     moved = {k: (v.to(device) if v is not None else None) for k, v in vars(query).items()}
     return Query(**moved)

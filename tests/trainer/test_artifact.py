@@ -13,6 +13,7 @@ from safetensors.torch import save as save_tensors
 
 from trainer import artifact
 from trainer.errors import ArtifactError
+from trainer.items import add_unseen_items
 from trainer.model import ModelConfig
 from trainer.train import build_model
 
@@ -110,8 +111,18 @@ def _swap_first_items(manifest: dict) -> None:
         lambda m: m.update(model_version="deadbeefdeadbeef"),
         lambda m: m.update(seed=1),
         lambda m: m["dataset"].update(fingerprint="0" * 64),
+        lambda m: m.update(text_encoder={"name": "other", "version": "1", "dim": 0}),
     ],
-    ids=["item map", "config", "has_ratings", "vocabulary", "version", "seed", "fingerprint"],
+    ids=[
+        "item map",
+        "config",
+        "has_ratings",
+        "vocabulary",
+        "version",
+        "seed",
+        "fingerprint",
+        "text encoder",
+    ],
 )
 def test_an_edited_manifest_no_longer_matches_its_version(saved, tmp_path: Path, edit) -> None:
     copy = _copy(saved[0], tmp_path)
@@ -141,6 +152,10 @@ def test_an_edited_manifest_no_longer_matches_its_version(saved, tmp_path: Path,
         (lambda m: m.update(user_features=[]), "user_features is a list, not a dict"),
         (lambda m: m["item_ids"].__setitem__(0, 7), "item_ids is not a list of strings"),
         (lambda m: m["item_ids"].__setitem__(0, m["item_ids"][1]), "repeats an id"),
+        (lambda m: m.update(cold_item_ids=[m["item_ids"][0]]), "not the last of item_ids"),
+        (lambda m: m.update(text_encoder=None), "text_encoder is a NoneType, not a dict"),
+        (lambda m: m["text_encoder"].update(dim=-1), "text_encoder.dim -1 is not an integer"),
+        (lambda m: m["text_encoder"].update(dim=16), "shape"),
         (
             lambda m: m.update(user_features=dict(reversed(m["user_features"].items()))),
             "user_features are not in sorted order",
@@ -152,6 +167,22 @@ def test_mismatched_manifest_is_refused(saved, tmp_path: Path, edit, message: st
     _rewrite(copy, edit)
     with pytest.raises(ArtifactError, match=message):
         artifact.load(copy)
+
+
+def test_unseen_items_are_saved_as_the_catalogue_s_cold_items(
+    synthetic_context, tmp_path: Path
+) -> None:
+    ctx = synthetic_context(60, 40, [0, 1, 3])
+    data = dataclasses.replace(ctx.data, unseen_item_ids=["new-1", "new-2"])
+    width = data.item_features.shape[1]
+    model = add_unseen_items(
+        build_model(ctx, ModelConfig(dim=8)), torch.eye(2, width), torch.zeros(2, 0)
+    )
+    manifest = artifact.save(model, data, tmp_path / "model", {"seed": 0})
+    assert manifest["cold_item_ids"] == ["new-1", "new-2"]
+    loaded = artifact.load(tmp_path / "model")
+    assert loaded.item_ids[-2:] == ["new-1", "new-2"] and len(loaded.item_ids) == 42
+    torch.testing.assert_close(loaded.model.item_tables().bias, model.item_tables().bias)
 
 
 def test_missing_or_invalid_manifest_is_refused(saved, tmp_path: Path) -> None:

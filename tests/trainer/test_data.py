@@ -474,3 +474,33 @@ def test_real_ml100k() -> None:
     assert data.item_features.shape == (1682, len(data.item_feature_names))
     assert (data.item_features[:, : len(genres)].sum(axis=1) > 0).all()
     assert all((codes > 0).all() for codes in data.user_features.values())
+
+
+def test_item_text_comes_from_titles_and_the_csv_text_column(tmp_path: Path) -> None:
+    data = load_dataset(ml100k(tmp_path / "a"))
+    assert data.item_text == ["Star Wars (1977)", "Café (1995) (V)"]
+    items = 'item_id,title,text,genres\na,"A, the film","War, then peace",Drama\nb,,,\n'
+    data = load_dataset(write(tmp_path / "b", CSV | {"items.csv": items}))
+    assert data.item_text == ["", "A, the film. War, then peace"]  # b first: file order
+    only_text = "item_id,text\na,about a\nb,\n"
+    data = load_dataset(write(tmp_path / "c", CSV | {"items.csv": only_text}))
+    assert data.item_text == ["", "about a"]
+
+
+def test_side_file_items_without_interactions_are_kept_as_unseen(tmp_path: Path) -> None:
+    items = "item_id,title,genres,year\na,A,Drama,1984\nb,B,,\nz,Zed,War|Drama,2001\n"
+    data = load_dataset(write(tmp_path, CSV | {"items.csv": items}))
+    assert data.item_ids == ["b", "a"] and data.unseen_item_ids == ["z"]
+    assert data.unseen_item_text == ["Zed"]
+    names = data.item_feature_names
+    assert data.unseen_item_features.tolist() == [
+        [1.0 if n in ("genre=Drama", "genre=War", "decade=2000") else 0.0 for n in names]
+    ]
+
+
+def test_a_long_description_and_a_quoted_separator_are_read_whole(tmp_path: Path) -> None:
+    long = "x" * 100_000
+    items = f'item_id,text,genres\na,{long},"Drama|War"\nb,"one, two",Sci-Fi\n'
+    data = load_dataset(write(tmp_path, CSV | {"items.csv": items}))
+    assert data.item_text == ["one, two", long]  # the encoder cuts it (trainer.text)
+    assert data.item_feature_names == ["genre=Drama", "genre=Sci-Fi", "genre=War"]
