@@ -1,11 +1,13 @@
-"""Batched inner step vs a per-user Python loop doing the same math.
+"""Batched inner step vs a per-user (or per-item) Python loop doing the same math.
 
 The loop is how reference MAML code adapts: one user at a time, the gradient
 taken by autograd. Both start from the same vectors and take the same K
 steps; the script prints one JSON object with users/s of each, the speed-up
-and the largest difference between their results.
+and the largest difference between their results. `--mode item` times the same
+step in the item role (trainer.items.item_step): new items stepping on their
+support users, scored against the reference users; its rates are items/s.
 
-    python benchmarks/bench_adapt.py [--users 256] [--support 20] [--steps 5]
+    python benchmarks/bench_adapt.py [--mode user|item] [--users 256] [--support 20]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from trainer.adapt import InnerRule, ItemTables, inner_loop, support_loss
 from trainer.allocator import keep_large_blocks
+from trainer.items import item_step
 from trainer.split import Support
 
 
@@ -39,6 +42,32 @@ def per_user_inner_loop(
             user = user - scale * grad @ rule.preconditioner.T
         adapted.append(user.detach())
     return torch.cat(adapted)
+
+
+def per_item_step(
+    starts: torch.Tensor,
+    support: Support,
+    users: torch.Tensor,
+    reference: torch.Tensor,
+    rule: InnerRule,
+) -> torch.Tensor:
+    """The item step one item at a time, gradients by autograd of the item's loss:
+    -sum_s [u_s, 1] . row + n log(sum_r exp([u_r, 1] . row) + R)."""
+    ones = lambda x: torch.cat([x, torch.ones(len(x), 1)], 1)  # noqa: E731
+    scored, outside = ones(reference), torch.tensor([float(len(reference))]).log()
+    adapted = []
+    for b in range(len(starts)):
+        chosen = support.items[b][support.mask[b] > 0]
+        pulls, n = ones(users[chosen]), float(len(chosen))
+        row = starts[b]
+        for _ in range(rule.steps):
+            row = row.detach().requires_grad_(True)
+            logits = torch.cat([scored @ row, outside])
+            loss = -(pulls @ row).sum() + n * torch.logsumexp(logits, 0)
+            (grad,) = torch.autograd.grad(loss, row)
+            row = row - grad @ rule.preconditioner.T / (n + rule.prior)
+        adapted.append(row.detach())
+    return torch.stack(adapted)
 
 
 def random_problem(n_users: int, n_support: int, n_items: int, dim: int, seed: int = 0):
@@ -71,9 +100,21 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def item_problem(n_items: int, n_support: int, n_users: int, n_reference: int, dim: int):
+    """Random starts, users and supports; reuses random_problem's support sets."""
+    starts, _, support = random_problem(n_items, n_support, n_users, dim + 1, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    users = torch.randn(n_users, dim, generator=gen) * 0.3
+    reference = users[torch.randint(0, n_users, (n_reference,), generator=gen)]
+    rule = InnerRule(torch.eye(dim + 1) * 0.5, torch.tensor(3.0), 0.0, 0)
+    return starts, support, users, reference, rule
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=256)
+    parser.add_argument("--mode", choices=("user", "item"), default="user")
+    parser.add_argument("--users", type=int, default=256, help="users, or items in item mode")
+    parser.add_argument("--reference", type=int, default=1024, help="item mode: reference users")
     parser.add_argument("--support", type=int, default=20)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--items", type=int, default=3706, help="ml-1m's catalogue size")
@@ -81,28 +122,47 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     tuned = keep_large_blocks()  # as every coldstart entry point does (trainer.allocator)
-    initial, items, support = random_problem(args.users, args.support, args.items, args.dim)
-    rule = InnerRule(
-        preconditioner=torch.eye(args.dim) + 0.01 * torch.randn(args.dim, args.dim),
-        prior=torch.tensor(3.0),
-        rating_weight=0.05,
-        steps=args.steps,
-    )
+    if args.mode == "user":
+        initial, items, support = random_problem(args.users, args.support, args.items, args.dim)
+        rule = InnerRule(
+            preconditioner=torch.eye(args.dim) + 0.01 * torch.randn(args.dim, args.dim),
+            prior=torch.tensor(3.0),
+            rating_weight=0.05,
+            steps=args.steps,
+        )
+
+        def batched_fn():
+            return inner_loop(initial, items, support, rule)
+
+        def loop_fn():
+            return per_user_inner_loop(initial, items, support, rule)
+    else:  # --items is then the user table the supports index
+        starts, support, users, reference, rule = item_problem(
+            args.users, args.support, args.items, args.reference, args.dim
+        )
+        rule = InnerRule(rule.preconditioner, rule.prior, 0.0, args.steps)
+
+        def batched_fn():
+            return item_step(starts, support, users, reference, rule)
+
+        def loop_fn():
+            return per_item_step(starts, support, users, reference, rule)
+
     with torch.no_grad():
-        batched = inner_loop(initial, items, support, rule)
-    looped = per_user_inner_loop(initial, items, support, rule)
+        batched = batched_fn()
+    looped = loop_fn()
     with torch.no_grad():
-        batched_s = _median_seconds(lambda: inner_loop(initial, items, support, rule), args.repeats)
-    loop_s = _median_seconds(
-        lambda: per_user_inner_loop(initial, items, support, rule), max(1, args.repeats // 2)
-    )
+        batched_s = _median_seconds(batched_fn, args.repeats)
+    loop_s = _median_seconds(loop_fn, max(1, args.repeats // 2))
     print(
         json.dumps(
             {
+                "mode": args.mode,  # item mode's rates count items
                 "users": args.users,
                 "support": args.support,
                 "steps": args.steps,
                 "items": args.items,
+                "reference": args.reference if args.mode == "item" else None,
                 "dim": args.dim,
                 "threads": torch.get_num_threads(),
                 "allocator_tuned": tuned,

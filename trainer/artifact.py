@@ -84,6 +84,12 @@ class Artifact:
         return self.manifest["item_ids"]
 
     @property
+    def text_encoder(self) -> dict:
+        """The encoder the item-start network reads ({} for none): new items' text must
+        be embedded by exactly it (trainer.text.require_encoder)."""
+        return self.manifest["text_encoder"]
+
+    @property
     def feature_reader(self) -> FeatureReader:
         """How the model reads a user's raw feature values, as training read them."""
         return FeatureReader(self.manifest["user_features"], self.manifest["user_feature_brackets"])
@@ -245,9 +251,6 @@ def _check_names(manifest: dict, path: Path) -> None:
     cold = manifest["cold_item_ids"]
     if cold and manifest["item_ids"][-len(cold) :] != cold:
         raise ArtifactError(f"{path}: cold_item_ids are not the last of item_ids")
-    dim = manifest["text_encoder"].get("dim", 0)
-    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim <= MAX_TEXT_DIM:
-        raise ArtifactError(f"{path}: text_encoder.dim {dim!r} is not an integer 0..{MAX_TEXT_DIM}")
     # The version hashes the manifest with sorted keys, so it cannot see their order; the
     # feature embeddings are read in this order, and save writes it sorted.
     if list(manifest["user_features"]) != sorted(manifest["user_features"]):
@@ -261,6 +264,21 @@ def _check_names(manifest: dict, path: Path) -> None:
             raise ArtifactError(f"{path}: user_feature_brackets.{name} is not a list of integers")
         if not edges or edges != sorted(set(edges)):
             raise ArtifactError(f"{path}: user_feature_brackets.{name} is not increasing")
+    _check_text_encoder(manifest["text_encoder"], path)
+
+
+def _check_text_encoder(encoder: dict, path: Path) -> None:
+    """{} (no text read), or the name, version and vector width of the encoder the
+    item-start network reads: trainer.text.require_encoder holds an install to them."""
+    if not encoder:
+        return
+    if set(encoder) != {"name", "version", "dim"}:
+        raise ArtifactError(f"{path}: text_encoder needs exactly name, version and dim")
+    if not all(isinstance(encoder[key], str) for key in ("name", "version")):
+        raise ArtifactError(f"{path}: text_encoder name and version must be strings")
+    dim = encoder["dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= MAX_TEXT_DIM:
+        raise ArtifactError(f"{path}: text_encoder.dim {dim!r} is not an integer 1..{MAX_TEXT_DIM}")
 
 
 def _read_weights(path: Path, expected_sha256: str) -> dict[str, torch.Tensor]:

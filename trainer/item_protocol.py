@@ -215,11 +215,16 @@ def run(data: Dataset, out: Path, options, methods_for) -> dict:
     for seed in options.seeds:
         setting = make_setting(data, seed, options.support_sizes, text, USER_SIZES, options.device)
         methods = methods_for()
+        scored = evaluate_methods(setting, methods)
         per_seed.append(
             {
                 "n_test_items": len(setting.test_items),
                 "n_valid_items": len(setting.valid.users),
-                "methods": evaluate_methods(setting, methods),
+                "methods": scored,
+                # What the fits chose on validation items (coldstart's item step).
+                "calibration": {
+                    m.name: m.calibration for m in methods if hasattr(m, "calibration")
+                },
             }
         )
     results = {

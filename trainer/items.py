@@ -30,14 +30,14 @@ from functools import cache
 import numpy as np
 import torch
 
-from trainer.adapt import ItemTables, inner_loop
+from trainer.adapt import InnerRule, ItemTables, inner_loop
 from trainer.data import Dataset
 from trainer.episodes import Context, batches
 from trainer.lattice import climb
 from trainer.metrics import recall_ndcg, top_k
 from trainer.model import ColdStartModel
 from trainer.split import Sequences, Support, support_batch, unit_hash
-from trainer.train import TrainConfig, query_loss, query_to, sample_episodes
+from trainer.train import Query, TrainConfig, query_loss, query_to, sample_episodes
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def item_step(
     support: Support,  # each item's support users, as rows of `users`
     users: torch.Tensor,  # (U, d) user vectors
     reference: torch.Tensor,  # (R, d) the users every item is scored against
-    rule,  # InnerRule over d + 1 dimensions
+    rule: InnerRule,  # over d + 1 dimensions
 ) -> torch.Tensor:
     """(N, d + 1) adapted rows: the user inner step in the item role."""
     d = users.shape[1]
@@ -181,12 +181,12 @@ def train_item_start(
     allowed = torch.ones(ctx.data.n_items, dtype=torch.bool)
     if held_out is not None:
         allowed[torch.from_numpy(held_out)] = False
-    valid = _fixed_episode(ctx, ctx.validation_users(), config, rng, generator, allowed)
+    valid = _cold_episode(ctx, ctx.validation_users(), config, rng, generator, allowed)
     features = model.item_features
     best = (math.inf, 0, copy.deepcopy(model.item_start.state_dict()))
     stale, step = 0, 0
     for step in range(1, config.item_start_steps + 1):
-        episode = _fixed_episode(ctx, ctx.training_users(), config, rng, generator, allowed)
+        episode = _cold_episode(ctx, ctx.training_users(), config, rng, generator, allowed)
         loss = _cold_loss(model, episode, features, ctx.item_text)
         optimiser.zero_grad()
         loss.backward()
@@ -208,7 +208,18 @@ def train_item_start(
     return {"best_step": best[1], "steps": step, "valid_loss": best[0]}
 
 
-def _fixed_episode(ctx, users, config, rng, generator, allowed):
+# A batch of episodes, and which items it makes cold.
+ColdEpisode = tuple[Support, Query, torch.Tensor]
+
+
+def _cold_episode(
+    ctx: Context,
+    users: np.ndarray,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    allowed: torch.Tensor,  # (I,) bool: the items that may be made cold
+) -> ColdEpisode:
     support, query = sample_episodes(ctx, users, config, rng)
     support = support.to(ctx.device)
     cold = (torch.rand(ctx.data.n_items, generator=generator) < config.cold_item_share) & allowed
@@ -216,7 +227,7 @@ def _fixed_episode(ctx, users, config, rng, generator, allowed):
 
 
 def _cold_loss(
-    model: ColdStartModel, episode, features: torch.Tensor, text: torch.Tensor
+    model: ColdStartModel, episode: ColdEpisode, features: torch.Tensor, text: torch.Tensor
 ) -> torch.Tensor:
     support, query, cold = episode
     with torch.no_grad():

@@ -111,7 +111,7 @@ def _swap_first_items(manifest: dict) -> None:
         lambda m: m.update(model_version="deadbeefdeadbeef"),
         lambda m: m.update(seed=1),
         lambda m: m["dataset"].update(fingerprint="0" * 64),
-        lambda m: m.update(text_encoder={"name": "other", "version": "1", "dim": 0}),
+        lambda m: m.update(text_encoder={"name": "other", "version": "1", "dim": 1}),
     ],
     ids=[
         "item map",
@@ -154,8 +154,16 @@ def test_an_edited_manifest_no_longer_matches_its_version(saved, tmp_path: Path,
         (lambda m: m["item_ids"].__setitem__(0, m["item_ids"][1]), "repeats an id"),
         (lambda m: m.update(cold_item_ids=[m["item_ids"][0]]), "not the last of item_ids"),
         (lambda m: m.update(text_encoder=None), "text_encoder is a NoneType, not a dict"),
-        (lambda m: m["text_encoder"].update(dim=-1), "text_encoder.dim -1 is not an integer"),
-        (lambda m: m["text_encoder"].update(dim=16), "shape"),
+        (lambda m: m["text_encoder"].update(dim=-1), "needs exactly name, version and dim"),
+        (
+            lambda m: m.update(text_encoder={"name": "e", "version": 1, "dim": 8}),
+            "name and version must be strings",
+        ),
+        (
+            lambda m: m.update(text_encoder={"name": "e", "version": "1", "dim": -1}),
+            "text_encoder.dim -1 is not an integer",
+        ),
+        (lambda m: m.update(text_encoder={"name": "e", "version": "1", "dim": 16}), "shape"),
         (
             lambda m: m.update(user_features=dict(reversed(m["user_features"].items()))),
             "user_features are not in sorted order",

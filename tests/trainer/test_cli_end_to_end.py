@@ -1,6 +1,7 @@
 """`coldstart synth`, `train` and `evaluate` end to end on synthetic data, and the
 one-line errors a user sees for bad input."""
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -207,3 +208,22 @@ def test_an_out_directory_that_cannot_be_created_is_one_line(
     assert main(["train", "--data", str(small), "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
     assert error == f"coldstart: error: --out {out}: cannot create it (Not a directory)"
+
+
+def test_train_keeps_side_file_items_without_interactions_as_cold_items(
+    tmp_path: Path, capsys
+) -> None:
+    data, model = tmp_path / "data", tmp_path / "model"
+    assert main(["synth", "--out", str(data), "--users", "300", "--items", "80"]) == 0
+    items = data / "items.csv"
+    genre = items.read_text().splitlines()[1].split(",")[1]
+    items.write_text(items.read_text() + f"launch,{genre},2030\n")
+    fast = ["--meta-steps", "20", "--eval-every", "10", "--item-start-steps", "20"]
+    assert main(["train", "--data", str(data), "--out", str(model), *fast, "--dim", "8"]) == 0
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["cold_item_ids"] == ["launch"] and manifest["item_ids"][-1] == "launch"
+    assert manifest["items"]["unseen_items"] == 1
+    assert manifest["items"]["item_step"]["warm_after"] >= 1
+    out = tmp_path / "eval"
+    evaluate = ["evaluate", "--data", str(data), "--out", str(out), "--model", str(model)]
+    assert main([*evaluate, "--support-sizes", "0,3"]) == 0
