@@ -22,8 +22,10 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -35,6 +37,9 @@ from trainer.items import ColdItems, cold_items, item_queries
 from trainer.metrics import recall_ndcg, top_k
 from trainer.split import unit_hash
 from trainer.text import text_vectors
+
+if TYPE_CHECKING:  # evaluate imports this module to dispatch the protocol to it
+    from trainer.evaluate import EvalOptions
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,23 @@ class Setting:
     test: ColdItems  # the evaluated test items
     test_items: np.ndarray  # their indices in data
     support_sizes: list[int]
+
+
+class ItemMethod(Protocol):
+    """What the protocol asks of a method (trainer.item_methods)."""
+
+    name: str
+
+    def handles(self, n: int) -> bool:
+        """Whether the method applies after n interactions (some need a support)."""
+
+    def fit(self, setting: Setting) -> None: ...
+
+    def cold_scores(self, users: np.ndarray, n: int) -> torch.Tensor:
+        """(U, N) the users' scores of the evaluated cold items after n interactions."""
+
+    def warm_scores(self, users: np.ndarray) -> torch.Tensor:
+        """(U, I_warm) the users' scores of the warm items, for the mixed ranking."""
 
 
 def split_items(data: Dataset, seed: int) -> ItemSplit:
@@ -102,7 +124,7 @@ def make_setting(
     support_sizes: list[int],
     text: torch.Tensor,
     user_sizes: list[int],
-    device,
+    device: torch.device,
 ) -> Setting:
     """`text` (I, T) holds every item's text vector; `user_sizes` are the user-side k values
     the methods tune on (their validation users' episodes, on warm items)."""
@@ -122,7 +144,7 @@ def make_setting(
     return Setting(data, ctx, split, valid, test, test_items, support_sizes)
 
 
-def evaluate_methods(setting: Setting, methods: list) -> dict:
+def evaluate_methods(setting: Setting, methods: list[ItemMethod]) -> dict:
     """{method: {n: metrics}} for one seed."""
     results = {}
     histories = _warm_histories(setting)
@@ -143,7 +165,7 @@ def _warm_histories(setting: Setting) -> list[np.ndarray]:
     return [seqs.of(u) for u in range(setting.data.n_users)]
 
 
-def _metrics_at(method, setting: Setting, n: int, histories: list[np.ndarray]) -> dict:
+def _metrics_at(method: ItemMethod, setting: Setting, n: int, histories: list[np.ndarray]) -> dict:
     test = setting.test
     users = np.unique(np.concatenate(test.users))
     relevant, hidden = item_queries(test, n, len(users), users)
@@ -206,9 +228,11 @@ def description(support_sizes: list[int], data: Dataset) -> dict:
     }
 
 
-def run(data: Dataset, out: Path, options, methods_for) -> dict:
-    """Every method on every seed; writes results.json, results.md and ndcg.png. `options`
-    is evaluate's EvalOptions; methods_for() gives fresh methods for a seed."""
+def run(
+    data: Dataset, out: Path, options: EvalOptions, methods_for: Callable[[], list[ItemMethod]]
+) -> dict:
+    """Every method on every seed; writes results.json, results.md and ndcg.png.
+    methods_for() gives fresh methods for a seed."""
     vectors, encoder = text_vectors(data.item_text, options.model_config.use_item_text)
     text = torch.from_numpy(vectors)
     per_seed = []
