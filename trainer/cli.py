@@ -196,6 +196,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                 "model_version": manifest["model_version"],
                 "out": str(args.out),
                 **extra["validation"],
+                "item_warm_after": items["item_step"]["warm_after"],
+                "unseen_items": items["unseen_items"],
                 **extra["training"],
             }
         )

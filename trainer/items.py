@@ -274,9 +274,11 @@ class ColdNdcg:
 def calibrate_item_step(
     model: ColdStartModel, cold: ColdItems, users: torch.Tensor, sizes: list[int]
 ) -> dict:
-    """Choose the item step's rates and prior strength, then after how many interactions an
-    item stops adapting, by mean cold-item NDCG@20 of these validation items over the
-    support sizes >= 1."""
+    """Choose the item step's vector rate, bias rate and prior strength, then after how
+    many interactions an item stops adapting, by mean cold-item NDCG@20 of these
+    validation items over the support sizes >= 1. The two rates are apart because the
+    start's bias (a popularity read from the item's features and text) and its vector
+    are worth keeping to different degrees."""
     judge = ColdNdcg(cold, users, [n for n in sizes if n >= 1])
     rate, prior = model.log_item_rate.detach().clone(), model.log_item_prior.detach().clone()
     half = math.log(2.0) / 2
@@ -284,33 +286,34 @@ def calibrate_item_step(
     def ndcg(cap: int) -> float:
         return judge(lambda n: cold_rows(model, cold, n, users, warm_after=cap))
 
-    def move_to(point: tuple[int, int]) -> None:
+    def move_to(point: tuple[int, int, int]) -> None:
         with torch.no_grad():
-            model.log_item_rate.copy_(rate + point[0] * half)
-            model.log_item_prior.copy_(prior + point[1] * half)
+            model.log_item_rate.copy_(rate + torch.tensor(point[:2]) * half)
+            model.log_item_prior.copy_(prior + point[2] * half)
 
     @cache
-    def value(point: tuple[int, int]) -> float:
+    def value(point: tuple[int, int, int]) -> float:
         move_to(point)
         return ndcg(max(WARM_AFTER_CHOICES))
 
-    point = climb(value, (0, 0), LATTICE_REACH)
+    point = climb(value, (0, 0, 0), LATTICE_REACH)
     move_to(point)
     by_cap = {cap: ndcg(cap) for cap in WARM_AFTER_CHOICES}
     warm_after = max(by_cap, key=lambda cap: (by_cap[cap], -cap))  # ties: the fewer steps
     model.item_warm_after.fill_(warm_after)
+    scales = [2 ** (p / 2) for p in point]
     log.info(
-        "item step calibrated on %d validation items: rate x%.2f, prior x%.2f, adapts on "
-        "the first %d interactions (validation cold-item NDCG@20 %.4f)",
+        "item step calibrated on %d validation items: vector rate x%.2f, bias rate x%.2f, "
+        "prior x%.2f, adapts on the first %d interactions (validation cold-item NDCG@20 %.4f)",
         len(cold.users),
-        2 ** (point[0] / 2),
-        2 ** (point[1] / 2),
+        *scales,
         warm_after,
         by_cap[warm_after],
     )
     return {
-        "rate_scale": 2 ** (point[0] / 2),
-        "prior_scale": 2 ** (point[1] / 2),
+        "vector_rate_scale": scales[0],
+        "bias_rate_scale": scales[1],
+        "prior_scale": scales[2],
         "warm_after": warm_after,
         "valid_cold_ndcg@20_by_warm_after": {str(c): v for c, v in by_cap.items()},
     }

@@ -1,15 +1,17 @@
-"""Hill-climbing a two-dimensional lattice of step settings on a validation score.
+"""Hill-climbing a lattice of step settings on a validation score.
 
-Shared by mf_finetune's fine-tuning rule and coldstart's step calibration: both
-tune a step size and a prior strength on validation users, one lattice step at
-a time, and stop where no neighbour scores higher.
+Shared by mf_finetune's fine-tuning rule, coldstart's step calibration (a step
+size and a prior strength, tuned on validation users) and the new-item step's
+(a vector rate, a bias rate and a prior strength, tuned on validation items):
+one lattice step at a time along one axis, stopping where no neighbour scores
+higher.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-Point = tuple[int, int]
+Point = tuple[int, ...]
 
 
 def climb(value: Callable[[Point], float], start: Point, reach: int) -> Point:
@@ -17,8 +19,11 @@ def climb(value: Callable[[Point], float], start: Point, reach: int) -> Point:
     `value` is called repeatedly on the same points: cache it."""
     point = start
     while True:
-        i, j = point
-        steps = [(i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)]
+        steps = [
+            (*point[:axis], point[axis] + move, *point[axis + 1 :])
+            for axis in range(len(point))
+            for move in (1, -1)
+        ]
         step = max((s for s in steps if max(map(abs, s)) <= reach), key=value)
         if value(step) <= value(point):
             return point

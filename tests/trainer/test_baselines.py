@@ -33,7 +33,8 @@ SIZES = [0, 1, 3, 5]
 
 def context(data: Dataset, split: UserSplit) -> Context:
     seqs = protocol_order(data, seed=0)
-    return Context(data, seqs, split, user_feature_matrix(data), SIZES, 0, torch.device("cpu"))
+    features, no_text = user_feature_matrix(data), torch.zeros(data.n_items, 0)
+    return Context(data, seqs, split, features, SIZES, 0, torch.device("cpu"), no_text)
 
 
 def hand_context(baskets: list[list[int]], n_items: int) -> Context:
