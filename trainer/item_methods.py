@@ -136,17 +136,18 @@ class ContentKNN:
     def fit(self, setting: Setting) -> None:
         self.warm = _warm_content(setting)  # (I_warm, C)
         self.cold = _content(setting.test.features, setting.test.text)
-        self.seqs = setting.ctx.seqs
-
-    def _profiles(self, users: np.ndarray) -> torch.Tensor:
-        rows = [self.warm[torch.from_numpy(self.seqs.of(u))].sum(0) for u in users]
-        return torch.stack(rows)
+        seqs = setting.ctx.seqs
+        owner = torch.from_numpy(np.repeat(np.arange(len(seqs.lengths)), seqs.lengths))
+        # (U, C) each user's summed history content, once: every n scores the same users.
+        self.profiles = torch.zeros(len(seqs.lengths), self.warm.shape[1]).index_add_(
+            0, owner, self.warm[torch.from_numpy(seqs.items)]
+        )
 
     def cold_scores(self, users: np.ndarray, n: int) -> torch.Tensor:
-        return self._profiles(users) @ self.cold.T
+        return self.profiles[torch.from_numpy(users)] @ self.cold.T
 
     def warm_scores(self, users: np.ndarray) -> torch.Tensor:
-        return self._profiles(users) @ self.warm.T
+        return self.profiles[torch.from_numpy(users)] @ self.warm.T
 
 
 class MFRows:

@@ -148,12 +148,15 @@ def evaluate_methods(setting: Setting, methods: list[ItemMethod]) -> dict:
     """{method: {n: metrics}} for one seed."""
     results = {}
     histories = _warm_histories(setting)
+    queries = {n: _queries(setting.test, n) for n in setting.support_sizes}  # for every method
     for method in methods:
         log.info("fitting %s", method.name)
         started = time.perf_counter()
         method.fit(setting)
         results[method.name] = {
-            str(n): _metrics_at(method, setting, n, histories) if method.handles(n) else None
+            str(n): _metrics_at(method, setting, n, histories, queries[n])
+            if method.handles(n)
+            else None
             for n in setting.support_sizes
         }
         log.info("%s fitted and scored in %.1f s", method.name, time.perf_counter() - started)
@@ -165,12 +168,26 @@ def _warm_histories(setting: Setting) -> list[np.ndarray]:
     return [seqs.of(u) for u in range(setting.data.n_users)]
 
 
-def _metrics_at(method: ItemMethod, setting: Setting, n: int, histories: list[np.ndarray]) -> dict:
-    test = setting.test
+Queries = tuple[np.ndarray, list[np.ndarray], torch.Tensor]  # users, relevant, hidden
+
+
+def _queries(test: ColdItems, n: int) -> Queries:
+    """The users with a query interaction on a test item after its first n, their relevant
+    items, and the items whose support holds them."""
     users = np.unique(np.concatenate(test.users))
     relevant, hidden = item_queries(test, n, len(users), users)
     rows = np.flatnonzero([len(r) > 0 for r in relevant])
-    users, relevant, hidden = users[rows], [relevant[r] for r in rows], hidden[rows]
+    return users[rows], [relevant[r] for r in rows], hidden[rows]
+
+
+def _metrics_at(
+    method: ItemMethod,
+    setting: Setting,
+    n: int,
+    histories: list[np.ndarray],
+    queries: Queries,
+) -> dict:
+    users, relevant, hidden = queries
     n_warm = len(setting.split.warm)
     recall, ndcg, mixed, share = [], [], [], []
     for start in range(0, len(users), CHUNK):
