@@ -21,6 +21,10 @@ producing, rating events on random items of random users:
    EVENTS over the time from the first send to the last applied event;
    drain_events_per_s is the rate of applying after the last send;
 3. freshness: RATE events/s for PACED_SECONDS; p50/p99 over those events.
+`--new-item-share S` sends that share of the events to NEW_ITEMS items no model
+knows: each is registered at its first event (on the items topic) and warmed on its
+events in the consumer's micro-batches, as `coldstart serve` does; 0 keeps every
+event on the trained catalogue. `benchmarks/run_item_service.sh` runs both, alternately.
 
     python benchmarks/bench_ingest.py [--events 50000] [--rate 1000] [--paced-seconds 20]
         [--users 5000] [--model DIR] [--consumers 1]
@@ -60,6 +64,7 @@ from kafka import KafkaProducer
 
 from service import heap
 from service.events import Event
+from service.item_store import ItemStore
 from service.kafka_consumer import ConsumerConfig, EventConsumer
 from service.localstack import LocalStack
 from service.model import ServingModel
@@ -72,6 +77,7 @@ from trainer.allocator import keep_large_blocks
 
 TOPIC = "coldstart.bench.events"
 GROUP = "coldstart-bench"
+ITEMS_TOPIC = "coldstart.bench.items"
 
 
 # --- the consumer process --------------------------------------------------------------------
@@ -121,12 +127,25 @@ def run_consumer(args: argparse.Namespace) -> None:
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
-    config = ConsumerConfig(args.kafka_bootstrap, TOPIC, GROUP, max_records=args.max_records)
+    config = ConsumerConfig(
+        args.kafka_bootstrap,
+        TOPIC,
+        GROUP,
+        max_records=args.max_records,
+        items_topic=ITEMS_TOPIC,
+        register_unknown_items=True,
+    )
     model = ServingModel(artifact.load(args.model))
     store = UserStore.from_url(args.redis_url)
     recording = Recording()
     consumer = ReportingConsumer(
-        model, store, config, recording, stopping=stopping, recording=recording
+        model,
+        store,
+        config,
+        recording,
+        stopping=stopping,
+        items=ItemStore(store.client),
+        recording=recording,
     )
     heap.settle()  # as coldstart serve does
     consumer.run()
@@ -202,18 +221,27 @@ class Progress:
 class EventSource:
     """Random rating events of the bench users, each stamped with its time of producing."""
 
-    def __init__(self, bootstrap: str, user_ids: Sequence[str], item_ids: Sequence[str]) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        user_ids: Sequence[str],
+        item_ids: Sequence[str],
+        new_items: Sequence[str] = (),
+        new_share: float = 0.0,
+    ) -> None:
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
         self.user_ids, self.item_ids = user_ids, item_ids
+        self.new_items, self.new_share = new_items, new_share
         self.rng = random.Random(7)
         self.sent = 0
 
     def send(self) -> None:
         user = self.rng.choice(self.user_ids)
+        new = self.rng.random() < self.new_share
         event = Event(
             event_id=f"bench-{self.sent}",
             user_id=user,
-            item_id=self.rng.choice(self.item_ids),
+            item_id=self.rng.choice(self.new_items if new else self.item_ids),
             type="rating",
             value=float(self.rng.randint(1, 5)),
             ts=now_ms(),
@@ -276,12 +304,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         store.close()
         for topic in (TOPIC, f"{TOPIC}.dlq"):
             create_topic(stack.kafka_bootstrap, topic, args.partitions)
+        create_topic(stack.kafka_bootstrap, ITEMS_TOPIC, 1, compacted=True)
+        new_items = [f"new-{n}" for n in range(args.new_items)]
 
         outs = [work / f"consumer-{n}.json" for n in range(args.consumers)]
         logs = [work / f"consumer-{n}.log" for n in range(args.consumers)]
         pairs = zip(outs, logs, strict=True)
         processes = [spawn_consumer(args, stack, model_dir, out, log) for out, log in pairs]
-        source = EventSource(stack.kafka_bootstrap, user_ids, model.item_ids)
+        source = EventSource(
+            stack.kafka_bootstrap, user_ids, model.item_ids, new_items, args.new_item_share
+        )
         try:
             progress = Progress(processes, logs)
             for _ in range(WARMUP_ROUNDS):  # until every consumer has partitions and applied some
@@ -329,6 +361,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "freshness_p50_ms": freshness["p50_ms"],
         "freshness_p99_ms": freshness["p99_ms"],
         "freshness_p999_ms": freshness["p999_ms"],
+        "new_item_share": args.new_item_share,
+        "new_items": args.new_items,
         "inner_steps": model.rule.steps,
         "items": len(model.item_ids),
         "dim": model.dim,
@@ -370,6 +404,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="freshness phase, events/s")
     parser.add_argument("--paced-seconds", type=float, default=20.0)
     parser.add_argument("--timeout-s", type=float, default=300.0, help="per phase at most")
+    parser.add_argument(
+        "--new-item-share", type=float, default=0.0, help="share of events on new items"
+    )
+    parser.add_argument("--new-items", type=int, default=370, help="10%% of ml-1m's catalogue")
     parser.add_argument("--consumer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kafka-bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)

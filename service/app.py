@@ -27,12 +27,16 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from service import heap
+from service.catalogue_follower import CatalogueFollower
 from service.connections import kafka_options, redis_client
 from service.grpc_server import GrpcServer, start_server
 from service.ingest import Ingestor
+from service.item_registry import ItemRegistry
+from service.item_store import ItemStore
 from service.kafka_consumer import ConsumerConfig, EventConsumer
 from service.kafka_producer import KafkaEventSink
 from service.lifecycle import Lifecycle
+from service.live_catalogue import LiveCatalogue
 from service.localstack import LocalStack
 from service.metrics import Metrics
 from service.model import ServingModel
@@ -46,6 +50,8 @@ from service.topics import create_topic
 from trainer import artifact
 
 logger = logging.getLogger(__name__)
+
+CATALOGUE_CATCH_UP_S = 30.0  # a replica reads the items topic this long at most before serving
 
 
 def quiet_kafka() -> None:
@@ -96,6 +102,12 @@ class Service(Lifecycle):
         self.ingestor: Ingestor | None = None
         self._reloading = threading.Event()  # set to stop the model reloader
         self._reloader_thread: threading.Thread | None = None
+        self.catalogue = LiveCatalogue()
+        self.items: ItemRegistry | None = None
+        self._item_sink: KafkaEventSink | None = None
+        self._follower: CatalogueFollower | None = None
+        self._following = threading.Event()  # set to stop the catalogue follower
+        self._follower_thread: threading.Thread | None = None
 
     @property
     def grpc_port(self) -> int:
@@ -128,8 +140,10 @@ class Service(Lifecycle):
         )
         self._start_missing_engines()
         self.metrics_server = self.metrics.serve(s.metrics_host, s.metrics_port)
+        self._start_follower()
         self._start_consumer()
-        serving_store = self._store(serving_redis(self.redis_url, s.redis_timeout_s, s))
+        serving_client = serving_redis(self.redis_url, s.redis_timeout_s, s)
+        serving_store = self._store(serving_client)
         self._sink = KafkaEventSink(self.kafka_bootstrap, s.topic, client_options=kafka_options(s))
         self.recommender = Recommender(self.model, serving_store, self.metrics)
         self.profiles = ProfileWriter(self.model, serving_store, self.metrics)
@@ -139,9 +153,18 @@ class Service(Lifecycle):
             self.metrics,
             s.max_stream_events,
             s.grpc_workers // 2,  # open streams: the other workers stay free for Recommend
+            register_unknown_items=s.unknown_items == "register",
+        )
+        self._item_sink = KafkaEventSink(
+            self.kafka_bootstrap, s.items_topic, client_options=kafka_options(s)
+        )
+        self.items = ItemRegistry(
+            self.model, self.catalogue, self._item_sink, ItemStore(serving_client), self.metrics
         )
         self.grpc = start_server(
-            RecommenderServicer(self.recommender, self.ingestor, self.profiles, self.metrics),
+            RecommenderServicer(
+                self.recommender, self.ingestor, self.profiles, self.metrics, self.items
+            ),
             host=s.grpc_host,
             port=s.grpc_port,
             workers=s.grpc_workers,
@@ -171,8 +194,10 @@ class Service(Lifecycle):
         batch. Stored states of the old version are re-adapted as they are read."""
         assert self.recommender is not None and self.ingestor is not None
         assert self.profiles is not None
-        assert self.consumer is not None
+        assert self.consumer is not None and self.items is not None
+        self.catalogue.publish(model)  # registered items stay: the new model scores them too
         self.model = model
+        self.items.model = model
         self.recommender.model = model
         self.ingestor.model = model
         self.profiles.model = model
@@ -193,6 +218,7 @@ class Service(Lifecycle):
             partitions = self.settings.topic_partitions
             for topic in (self.settings.topic, f"{self.settings.topic}.dlq"):
                 create_topic(self.kafka_bootstrap, topic, partitions)
+            create_topic(self.kafka_bootstrap, self.settings.items_topic, 1, compacted=True)
             logger.info(
                 "no --kafka-bootstrap given: started a local broker at %s; send it events with "
                 "`coldstart replay --data DATA_DIR --kafka-bootstrap %s`",
@@ -219,10 +245,41 @@ class Service(Lifecycle):
             group_id=s.consumer_group,
             max_records=s.poll_batch_size,
             client_options=kafka_options(s),
+            items_topic=s.items_topic,
+            register_unknown_items=s.unknown_items == "register",
         )
-        self.consumer = EventConsumer(self.model, self._store(client), config, self.metrics)
+        self.consumer = EventConsumer(
+            self.model, self._store(client), config, self.metrics, items=ItemStore(client)
+        )
         self._consumer_thread = threading.Thread(target=self._consume, name="consumer", daemon=True)
         self._consumer_thread.start()
+
+    def _start_follower(self) -> None:
+        """Reads the whole items topic before serving (a restart rebuilds the catalogue),
+        then follows it and the warm-up states in a thread."""
+        s = self.settings
+        assert self.kafka_bootstrap and self.redis_url
+        self._follower = CatalogueFollower(
+            self.catalogue,
+            lambda: self.model,
+            ItemStore(redis_client(self.redis_url, 2.0, s)),
+            self.kafka_bootstrap,
+            s.items_topic,
+            self.metrics,
+            client_options=kafka_options(s),
+            refresh_s=s.item_refresh_s,
+        )
+        self._follower.catch_up(timeout_s=CATALOGUE_CATCH_UP_S)
+        self._follower_thread = threading.Thread(target=self._follow, name="catalogue", daemon=True)
+        self._follower_thread.start()
+
+    def _follow(self) -> None:
+        assert self._follower is not None
+        try:
+            self._follower.run(self._following)
+        except Exception:
+            logger.exception("the catalogue follower stopped with an error; shutting down")
+            self.failed.set()
 
     def _consume(self) -> None:
         assert self.consumer is not None
@@ -251,9 +308,17 @@ class Service(Lifecycle):
             if self._consumer_thread.is_alive():
                 logger.warning("the consumer did not finish its batch within %.0f s", grace + 10.0)
             self._consumer_thread = None
-        if self._sink is not None:
-            self._sink.close()
-            self._sink = None
+        self._following.set()
+        if self._follower_thread is not None:
+            self._follower_thread.join(timeout=grace + 5.0)
+            self._follower_thread = None
+        if self._follower is not None:
+            self._follower.close()
+            self._follower = None
+        for sink in (self._sink, self._item_sink):
+            if sink is not None:
+                sink.close()
+        self._sink = self._item_sink = None
         for store in self._stores:
             store.close()
         self._stores.clear()

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from service.errors import ConflictError, HistoryError, StoreError
 from service.events import Event
 from service.history import History, HistoryEntry, Interaction
+from service.item_warmup import ItemWarmup
 from service.model import ServingModel
 from service.observer import StreamObserver
 from service.state import Source, StateStore, UserRecord, merge_profile, now_ms
@@ -70,9 +71,11 @@ class EventApplier:
         hit_k: int = 10,
         hit_sample: int = 64,
         max_conflicts: int = 3,
+        items: ItemWarmup | None = None,
     ) -> None:
         self.model = model
         self.store = store
+        self.items = items  # registered items' warm-up; None: users only
         self.observer = observer or StreamObserver()
         self.hit_k = hit_k  # the top-k of the online hit rate
         self.hit_sample = hit_sample  # users judged per batch at most
@@ -97,6 +100,8 @@ class EventApplier:
                 self.observer.on_hit(hits[user])
             pending = {user: pending[user] for user in updates if user not in written}
             if not pending:
+                if self.items is not None:
+                    self.items.apply(self.model, events)
                 return applied
             logger.info("%s users changed under us; re-reading them", len(pending))
         raise ConflictError(f"{len(pending)} users kept losing compare-and-set races")
@@ -193,13 +198,13 @@ class EventApplier:
         ]
         if len(candidates) > self.hit_sample:
             candidates = random.sample(candidates, self.hit_sample)
-        hits = {}
+        hits, live = {}, self.model.live
         for user, stored, item_id in candidates:
             vector, seen = self.model.prior.numpy(), []
             if stored is not None:
-                vector, seen = stored.vector, self.model.seen(stored.history)
+                vector, seen = stored.vector, self.model.seen(stored.history, live)
             if seen is not None:
-                best = self.model.top_k(vector, self.hit_k, exclude=seen)
+                best = self.model.top_k(vector, self.hit_k, exclude=seen, live=live)
                 hits[user] = any(item == item_id for item, _ in best)
         return hits
 

@@ -24,7 +24,7 @@ import statistics
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -38,6 +38,7 @@ from trainer import artifact
 from trainer.data import Dataset, load_dataset
 from trainer.episodes import make_context
 from trainer.errors import ColdstartError
+from trainer.items import fit_item_side
 from trainer.model import ModelConfig
 from trainer.synth import write_synthetic
 from trainer.train import TrainConfig, meta_train
@@ -46,6 +47,10 @@ logger = logging.getLogger(__name__)
 
 STEPS = (1, 3, 5)  # show the user's top-10 after this many events
 TOP = 10
+LAUNCH = "demo-launch-1"  # the item the tour registers
+LAUNCH_EVENTS = 5  # its first events, from new visitors
+RANKED = 100  # how deep the tour looks for the launched item in a user's ranking
+ITEM_START_STEPS = 300  # the new-item network's training steps in the tour
 FIRST_EVENTS = 3  # the measured users' events sent before their hits are counted again
 LATENCY_CALLS = 200  # Recommend calls timed per measurement
 ADAPT_TIMEOUT_S = 30.0  # waiting for an event to reach the user's state
@@ -89,7 +94,7 @@ def run_demo(options: DemoOptions) -> None:
         with Service(settings) as service:
             url = f"http://127.0.0.1:{service.metrics_port}/metrics"
             say(
-                f"[3/6] service up in {time.perf_counter() - clock:.1f} s: Kafka (tansu) at "
+                f"[3/7] service up in {time.perf_counter() - clock:.1f} s: Kafka (tansu) at "
                 f"{service.kafka_bootstrap}, Redis at {service.redis_url}, gRPC at "
                 f"127.0.0.1:{service.grpc_port}, metrics at {url} while it runs"
             )
@@ -98,6 +103,7 @@ def run_demo(options: DemoOptions) -> None:
             try:
                 stub = recommender_pb2_grpc.RecommenderStub(channel)
                 followed = _follow_one_user(stub, data, options.seed)
+                _launch_item(stub, data, followed, options.seed)
                 _measure_hits(stub, service, data, options, followed)
                 _replay_more(service, data_dir, options)
             finally:
@@ -117,7 +123,7 @@ def _synthesize(out: Path, options: DemoOptions) -> Path:
     clock = time.perf_counter()
     write_synthetic(out, options.users, options.items, options.seed)
     say(
-        f"[1/6] synthetic data: {options.users} users x {options.items} items with planted "
+        f"[1/7] synthetic data: {options.users} users x {options.items} items with planted "
         f"taste clusters ({time.perf_counter() - clock:.1f} s)"
     )
     return out
@@ -125,15 +131,17 @@ def _synthesize(out: Path, options: DemoOptions) -> Path:
 
 def _train(data: Dataset, out: Path, options: DemoOptions) -> Path:
     if options.data is not None:
-        say(f"[1/6] data: {data.name}, {data.n_users} users x {data.n_items} items")
+        say(f"[1/7] data: {data.name}, {data.n_users} users x {data.n_items} items")
     clock = time.perf_counter()
     ctx = make_context(data, options.seed, [0, 1, 3, 5, 10], torch.device("cpu"))
     config = TrainConfig(meta_steps=options.meta_steps, users_per_step=64, eval_every=20)
     model, summary = meta_train(ctx, ModelConfig(), config, progress=False)
+    item_side = fit_item_side(model, ctx, replace(config, item_start_steps=ITEM_START_STEPS))
     manifest = artifact.save(model, data, out, {"seed": options.seed, "demo": True})
     say(
-        f"[2/6] quick meta-training: {summary['steps']} outer steps in "
-        f"{time.perf_counter() - clock:.0f} s, validation NDCG@20 "
+        f"[2/7] quick meta-training: {summary['steps']} outer steps, then the new-item side "
+        f"(items adapt on their first {item_side['item_step']['warm_after']} events), in "
+        f"{time.perf_counter() - clock:.0f} s; validation NDCG@20 "
         f"{summary['valid_ndcg@20']:.3f}, model {manifest['model_version']}"
     )
     return out
@@ -161,7 +169,7 @@ def _follow_one_user(stub: recommender_pb2_grpc.RecommenderStub, data: Dataset, 
     profile = data.profile(user)
     future = {data.item_ids[item] for _, _, item, _ in events[max(STEPS) :]}
     say(
-        f"[4/6] following test user {user_id} (never seen in training; profile "
+        f"[4/7] following test user {user_id} (never seen in training; profile "
         f"{profile or 'none'}, given once by UpsertUser); * marks items they interact with later"
     )
     _upsert(stub, user_id, profile)
@@ -189,6 +197,78 @@ def _follow_one_user(stub: recommender_pb2_grpc.RecommenderStub, data: Dataset, 
         )
         sent = step
     return user
+
+
+def _launch_item(
+    stub: recommender_pb2_grpc.RecommenderStub, data: Dataset, user: int, seed: int
+) -> None:
+    """Registers a new item of the genres and era of the followed user's first events,
+    shows it reach the service at once and where it ranks for them, then warms it on the
+    events of a few new visitors."""
+    _, events = _pick_user(data, seed)
+    user_id = data.user_ids[user]
+    features = _favourite_features(data, [item for _, _, item, _ in events[: max(STEPS)]])
+    clock = time.perf_counter()
+    stub.UpsertItems(
+        recommender_pb2.UpsertItemsRequest(
+            items=[recommender_pb2.ItemUpsert(item_id=LAUNCH, features=features)]
+        )
+    )
+    restricted = recommender_pb2.RecommendRequest(user_id=user_id, candidate_item_ids=[LAUNCH])
+    while not stub.Recommend(restricted).items:
+        if time.perf_counter() - clock > ADAPT_TIMEOUT_S:
+            raise ColdstartError("the launched item did not reach the service in time")
+        time.sleep(0.005)
+    shown = {name: list(values.values) for name, values in features.items()}
+    say(
+        f"[5/7] a new item launches: {LAUNCH} {shown}, registered by UpsertItems, is "
+        f"recommendable {(time.perf_counter() - clock) * 1000:.0f} ms later; for user "
+        f"{user_id} it ranks {_rank(stub, user_id)}"
+    )
+    visitors = [
+        event_pb2.Event(
+            event_id=f"demo-launch-{n}",
+            user_id=f"demo-visitor-{n}",
+            item_id=LAUNCH,
+            type=event_pb2.CLICK,
+            ts=time.time_ns() // 1_000_000,
+        )
+        for n in range(LAUNCH_EVENTS)
+    ]
+    stub.RecordEvents(iter(visitors))
+    request = recommender_pb2.GetItemStateRequest(item_id=LAUNCH)
+    deadline = time.perf_counter() + ADAPT_TIMEOUT_S
+    while (state := stub.GetItemState(request)).interactions < LAUNCH_EVENTS:
+        if time.perf_counter() > deadline:
+            raise ColdstartError("the launched item's events were not applied in time")
+        time.sleep(0.01)
+    time.sleep(0.5)  # every replica's table picks the warmed row up within a second
+    say(
+        f"      after {LAUNCH_EVENTS} new visitors click it: "
+        f"{recommender_pb2.ItemStateKind.Name(state.state)} with {state.interactions} "
+        f"events; for user {user_id} it now ranks {_rank(stub, user_id)}"
+    )
+
+
+def _favourite_features(data: Dataset, items: list[int]) -> dict:
+    """The two genres and the decade most common among `items`, as an UpsertItems map."""
+    if data.item_features is None:
+        return {}
+    counts = data.item_features[items].sum(axis=0)
+    names = [data.item_feature_names[j] for j in counts.argsort()[::-1] if counts[j] > 0]
+    genres = [name.split("=", 1)[1] for name in names if name.startswith("genre=")][:2]
+    decades = [name.split("=", 1)[1] for name in names if name.startswith("decade=")][:1]
+    features = {"genre": recommender_pb2.FeatureValues(values=genres)}
+    if decades:
+        features["year"] = recommender_pb2.FeatureValues(values=[str(int(decades[0]) + 5)])
+    return features
+
+
+def _rank(stub: recommender_pb2_grpc.RecommenderStub, user_id: str) -> str:
+    """Where the launched item stands in the user's ranking, as words."""
+    answer = stub.Recommend(recommender_pb2.RecommendRequest(user_id=user_id, k=RANKED))
+    ids = [item.item_id for item in answer.items]
+    return f"#{ids.index(LAUNCH) + 1}" if LAUNCH in ids else f"below #{RANKED}"
 
 
 def _upsert(stub: recommender_pb2_grpc.RecommenderStub, user_id: str, profile: dict) -> None:
@@ -229,7 +309,7 @@ def _measure_hits(
     _await_applied(service, applied + len(batch))
     after = [_hits(stub, data, data.user_ids[user], by_user[user]) for user in users]
     say(
-        f"[5/6] mean hits@{TOP} over {len(users)} test users, against the items each "
+        f"[6/7] mean hits@{TOP} over {len(users)} test users, against the items each "
         f"interacts with after their first {FIRST_EVENTS}: {statistics.mean(before):.2f} "
         f"from the profile alone, {statistics.mean(after):.2f} after {FIRST_EVENTS} events"
     )
@@ -349,7 +429,7 @@ def _replay_more(service: Service, data_dir: Path, options: DemoOptions) -> None
     checks = values.get("coldstart_online_hit_checks_total", 0)
     hits = values.get("coldstart_online_hits_total", 0)
     say(
-        f"[6/6] replayed {result.events} events of {result.users} more test users "
+        f"[7/7] replayed {result.events} events of {result.users} more test users "
         f"({result.events_per_s:.0f} events/s produced); {applied:.0f} applied; mean event-to-"
         f"state freshness {1000 * fresh_sum / max(fresh_n, 1):.0f} ms; online hit rate@10 "
         f"{hits / max(checks, 1):.1%} over {checks:.0f} events"

@@ -32,6 +32,10 @@ class IngestUnavailable(ColdstartError):
     """Events cannot be produced: the broker is unreachable or refuses them."""
 
 
+class UnknownItemError(ColdstartError):
+    """An item neither the model nor the live catalogue holds."""
+
+
 class InvalidEvent(ColdstartError):
     """A record that is not a valid event: `reason` is a code of service.events.REASONS, the
     message says why."""
@@ -57,6 +61,15 @@ class StoreError(ColdstartError):
     def of(cls, user_id: str, error: Exception) -> StoreError:
         detail = f"{type(error).__name__}: {error}"
         return cls(user_id, f"user {user_id!r}: stored record is unreadable ({detail})")
+
+
+class ItemStateError(ColdstartError):
+    """A registered item's stored record cannot be read or written as one; the message
+    names the item."""
+
+    def __init__(self, item_id: str, message: str) -> None:
+        super().__init__(message)
+        self.item_id = item_id
 
 
 class StoreUnavailable(ColdstartError):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 
 from service.errors import InvalidEvent
@@ -110,7 +110,7 @@ def parse_event(value: bytes | None, record_ts: int | None = None) -> Event:
 def event_from_mapping(document: object, record_ts: int | None = None) -> Event:
     """A decoded JSON document (or any mapping of the same keys) -> an Event."""
     if not isinstance(document, Mapping):
-        raise InvalidEvent(NOT_OBJECT, f"expected a JSON object, got {_json_type(document)}")
+        raise InvalidEvent(NOT_OBJECT, f"expected a JSON object, got {json_type(document)}")
     missing = [key for key in FIELDS if key not in document]
     if missing:
         raise InvalidEvent(MISSING_FIELD, f"missing field {', '.join(missing)}")
@@ -130,9 +130,12 @@ def event_from_mapping(document: object, record_ts: int | None = None) -> Event:
     )
 
 
-def check_known(event: Event, item_index: Mapping[str, int], features: Collection[str]) -> None:
-    """InvalidEvent unless the model knows the event's item and its feature names."""
-    if event.item_id not in item_index:
+def check_known(
+    event: Event, item_known: Callable[[str], bool] | None, features: Collection[str]
+) -> None:
+    """InvalidEvent unless the model knows the event's feature names and, unless
+    `item_known` is None (an unknown item is registered at its event), its item."""
+    if item_known is not None and not item_known(event.item_id):
         raise InvalidEvent(UNKNOWN_ITEM, f"item {event.item_id[:64]!r} is not in the catalogue")
     problem = unknown_features(event.features, features)
     if problem:
@@ -163,7 +166,7 @@ def check_feature_map(features: object) -> dict[str, str]:
     if features is None:  # JSON null, as an absent map
         return {}
     if not isinstance(features, Mapping):
-        raise InvalidEvent(WRONG_TYPE, f"features must be an object, got {_json_type(features)}")
+        raise InvalidEvent(WRONG_TYPE, f"features must be an object, got {json_type(features)}")
     if len(features) > MAX_FEATURES:
         raise InvalidEvent(
             BAD_FEATURE, f"features has {len(features)} entries, more than {MAX_FEATURES}"
@@ -172,11 +175,11 @@ def check_feature_map(features: object) -> dict[str, str]:
         if not isinstance(value, str):
             shown = name[:MAX_FEATURE_NAME_CHARS]
             raise InvalidEvent(
-                WRONG_TYPE, f"feature {shown!r} must be a string, got {_json_type(value)}"
+                WRONG_TYPE, f"feature {shown!r} must be a string, got {json_type(value)}"
             )
-        _check_text(BAD_FEATURE, "a feature name", name, MAX_FEATURE_NAME_CHARS)
+        check_text(BAD_FEATURE, "a feature name", name, MAX_FEATURE_NAME_CHARS)
         if value:
-            _check_text(BAD_FEATURE, f"feature {name!r}", value, MAX_FEATURE_VALUE_CHARS)
+            check_text(BAD_FEATURE, f"feature {name!r}", value, MAX_FEATURE_VALUE_CHARS)
     return dict(features)
 
 
@@ -199,7 +202,7 @@ def check_key(event: Event, key: bytes | None) -> None:
         )
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
     if isinstance(value, int | float) and not isinstance(value, bool):
         return "number"
@@ -209,7 +212,7 @@ def _json_type(value: object) -> str:
 def _string(document: Mapping, key: str) -> str:
     value = document[key]
     if not isinstance(value, str):
-        raise InvalidEvent(WRONG_TYPE, f"{key} must be a string, got {_json_type(value)}")
+        raise InvalidEvent(WRONG_TYPE, f"{key} must be a string, got {json_type(value)}")
     return value
 
 
@@ -225,10 +228,10 @@ def _identifier(document: Mapping, key: str) -> str:
 def check_id(key: str, value: str) -> str:
     """A non-empty id of at most MAX_ID_CHARS characters, not all blanks, none of them
     refused: the rule for every id the service takes, from an event or a request."""
-    return _check_text(BAD_ID, key, value, MAX_ID_CHARS)
+    return check_text(BAD_ID, key, value, MAX_ID_CHARS)
 
 
-def _check_text(reason: str, what: str, value: str, limit: int) -> str:
+def check_text(reason: str, what: str, value: str, limit: int) -> str:
     if not value.strip():
         raise InvalidEvent(reason, f"{what} is {'blank' if value else 'empty'}")
     if len(value) > limit:
@@ -249,7 +252,7 @@ def _value(document: Mapping, event_type: str) -> float:
         return 1.0
     value = document["value"]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidEvent(WRONG_TYPE, f"value must be a number, got {_json_type(value)}")
+        raise InvalidEvent(WRONG_TYPE, f"value must be a number, got {json_type(value)}")
     try:
         value = float(value)
     except OverflowError:  # an integer beyond any float
@@ -269,7 +272,7 @@ def _timestamp(document: Mapping) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidEvent(
-            WRONG_TYPE, f"ts must be an integer (ms since the epoch), got {_json_type(value)}"
+            WRONG_TYPE, f"ts must be an integer (ms since the epoch), got {json_type(value)}"
         )
     if value == 0:
         return None

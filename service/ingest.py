@@ -55,8 +55,10 @@ class Ingestor:
         metrics: Metrics,
         max_events: int,
         max_streams: int,
+        register_unknown_items: bool = True,
     ) -> None:
         self.model = model  # replaced on a model swap
+        self.register_unknown_items = register_unknown_items  # else unknown_item refuses
         self.sink = sink
         self.metrics = metrics
         self.max_events = max_events
@@ -94,7 +96,8 @@ class Ingestor:
             try:
                 event = event_from_mapping(document)
                 model = self.model
-                check_known(event, model.item_index, model.feature_names)
+                known = None if self.register_unknown_items else model.knows
+                check_known(event, known, model.feature_names)
             except InvalidEvent as error:
                 self._reject(result, index, str(document.get("event_id", "")), error)
                 continue

@@ -26,14 +26,28 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from service.applier import EventApplier, SourcedEvent
+from service.catalogue import ItemEntry
 from service.dead_letters import DeadLetters
-from service.errors import ConflictError, InvalidEvent, StoreError, StoreUnavailable
+from service.errors import (
+    ConflictError,
+    IngestUnavailable,
+    InvalidEvent,
+    ItemStateError,
+    StoreError,
+    StoreUnavailable,
+)
 from service.events import UNREADABLE_STATE, check_key, check_known, parse_event
+from service.item_store import ItemStore
+from service.item_warmup import ItemWarmup
+from service.kafka_producer import KafkaEventSink
 from service.model import ServingModel
 from service.observer import StreamObserver
+from service.state import now_ms
 from service.store import UserStore
 
 logger = logging.getLogger(__name__)
+
+MAX_REGISTERED_KEPT = 100_000  # ids registered at their first event, remembered until known
 
 
 def _listening(bootstrap: str, timeout_s: float) -> bool:
@@ -63,6 +77,10 @@ class ConsumerConfig:
     max_backoff_s: float = 5.0  # longest wait between retries
     dlq_max_request_bytes: int = 4 * 2**20  # producer limit: whole original records fit
     client_id: str = "coldstart-consumer"
+    items_topic: str = "coldstart.items"  # the catalogue's log, where unknown items register
+    # True: an unknown item is registered at its event (the service's default, --unknown-items);
+    # False: its events are dead-lettered (unknown_item).
+    register_unknown_items: bool = False
     # Security options for every client (service.connections.kafka_options): SASL, TLS.
     client_options: dict[str, Any] = field(default_factory=dict)
 
@@ -96,10 +114,16 @@ class EventConsumer:
         config: ConsumerConfig,
         observer: StreamObserver | None = None,
         stopping: threading.Event | None = None,  # set by stop(), or by a caller's own handler
+        items: ItemStore | None = None,  # registered items' warm-up state; None: users only
     ) -> None:
         self.config = config
         self.observer = observer or StreamObserver()
-        self.applier = EventApplier(model, store, self.observer)
+        warmup = None if items is None else ItemWarmup(items, store, self.observer)
+        self.applier = EventApplier(model, store, self.observer, items=warmup)
+        self._registrations: KafkaEventSink | None = None
+        self._registered: set[str] = (
+            set()
+        )  # items this consumer registered, until the model knows them
         self._stopping = stopping or threading.Event()
         self._backoff_s = 0.0
         self._consumer: KafkaConsumer | None = None
@@ -156,6 +180,10 @@ class EventConsumer:
             max_request_bytes=cfg.dlq_max_request_bytes,
             client_options=cfg.client_options,
         )
+        if cfg.register_unknown_items:
+            self._registrations = KafkaEventSink(
+                cfg.bootstrap, cfg.items_topic, client_options=cfg.client_options
+            )
         logger.info("consuming %s at %s as group %s", cfg.topic, cfg.bootstrap, cfg.group_id)
 
     def close(self) -> None:
@@ -165,7 +193,9 @@ class EventConsumer:
             self._consumer.close(autocommit=False)
         if self._dead_letters is not None:
             self._dead_letters.close()
-        self._consumer = self._dead_letters = None
+        if self._registrations is not None:
+            self._registrations.close()
+        self._consumer = self._dead_letters = self._registrations = None
         logger.info("consumer closed")
 
     def use_model(self, model: ServingModel) -> None:
@@ -187,9 +217,11 @@ class EventConsumer:
         """Validate, dead-letter, apply, and only then commit; on failure rewind and back off."""
         assert self._dead_letters is not None, "connect() first"
         try:
-            self._apply(self._validate(records), records)
+            valid = self._validate(records)
+            self._register(valid)
+            self._apply(valid, records)
             self._dead_letters.flush()
-        except (StoreUnavailable, KafkaError, ConflictError) as error:
+        except (StoreUnavailable, KafkaError, ConflictError, IngestUnavailable) as error:
             if isinstance(error, StoreUnavailable):
                 self.observer.on_redis_error()
             self._retry_later(records, error)
@@ -208,15 +240,41 @@ class EventConsumer:
             try:
                 self.applier.apply(valid)
                 return
-            except StoreError as error:
-                lost = [s for s in valid if s.event.user_id == error.user_id]
-                if not lost:  # not a user of this batch: nothing to set aside
+            except (StoreError, ItemStateError) as error:
+                if isinstance(error, StoreError):
+                    lost = [s for s in valid if s.event.user_id == error.user_id]
+                else:
+                    lost = [s for s in valid if s.event.item_id == error.item_id]
+                if not lost:  # not a user or item of this batch: nothing to set aside
                     raise
-                logger.error("dead-lettering the events of an unreadable user: %s", error)
+                logger.error("dead-lettering the events of an unreadable state: %s", error)
                 unreadable = InvalidEvent(UNREADABLE_STATE, str(error))
                 for sourced in lost:
                     self._dead_letter(source[sourced.partition, sourced.offset], unreadable)
-                valid = [s for s in valid if s.event.user_id != error.user_id]
+                valid = [s for s in valid if s not in lost]
+
+    def _register(self, valid: Sequence[SourcedEvent]) -> None:
+        """Registers, on the items topic, each item of the batch that the catalogue lacks
+        (with no features: an implicit registration, which a given record always
+        overrides), and waits for the broker: committed events never name an item that
+        no replica will ever hear of."""
+        if self._registrations is None:
+            return
+        model, checks = self.applier.model, []
+        for sourced in valid:
+            item_id = sourced.event.item_id
+            if model.knows(item_id) or item_id in self._registered:
+                continue
+            entry = ItemEntry(item_id, ts=sourced.event.ts or now_ms(), implicit=True)
+            checks.append(self._registrations.send_record(item_id.encode(), entry.to_json()))
+            self._registered.add(item_id)
+            self.observer.on_item_registered(implicit=True)
+        if checks:
+            self._registrations.flush()
+            for check in checks:
+                check()
+        if len(self._registered) > MAX_REGISTERED_KEPT:
+            self._registered = {i for i in self._registered if not model.knows(i)}
 
     def _commit(self, next_offsets: dict[TopicPartition, int]) -> None:
         """Commit the offsets after the applied records."""
@@ -247,7 +305,8 @@ class EventConsumer:
                 stamp = record.timestamp if record.timestamp and record.timestamp > 0 else None
                 event = parse_event(record.value, stamp)
                 check_key(event, record.key)
-                check_known(event, model.item_index, model.feature_names)
+                known = None if self.config.register_unknown_items else model.knows
+                check_known(event, known, model.feature_names)
             except InvalidEvent as invalid:
                 self._dead_letter(record, invalid)
                 continue

@@ -67,8 +67,13 @@ class KafkaEventSink:
             raise IngestUnavailable(f"cannot reach Kafka at {self.bootstrap}: {error}") from None
 
     def send(self, event: Event) -> Callable[[], None]:
+        return self.send_record(event.user_id.encode(), event.to_json())
+
+    def send_record(self, key: bytes, value: bytes) -> Callable[[], None]:
+        """Queues one record; the returned check raises IngestUnavailable unless the broker
+        confirmed it (call it after flush())."""
         try:
-            future = self._get().send(self.topic, key=event.user_id.encode(), value=event.to_json())
+            future = self._get().send(self.topic, key=key, value=value)
         except KafkaError as error:
             raise IngestUnavailable(f"cannot produce to {self.topic}: {error}") from None
 

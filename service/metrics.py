@@ -193,8 +193,62 @@ class Metrics(StreamObserver):
             "The model being served: its version and catalogue size.",
             registry=r,
         )
+        self.catalogue_items = Gauge(
+            "coldstart_catalogue_items",
+            "Items of the catalogue this replica serves, by state: trained (and available), "
+            "cold (registered, no events yet), warming (registered, adapting on its events), "
+            "retired (never recommended).",
+            ("state",),
+            registry=r,
+        )
+        self.items_registered = Counter(
+            "coldstart_items_registered",
+            "Items registered by this replica: by UpsertItems (given) or at the item's first "
+            "event (implicit).",
+            ("how",),
+            registry=r,
+        )
+        self.items_retired = Counter(
+            "coldstart_items_retired",
+            "Items retired by this replica's UpsertItems calls.",
+            registry=r,
+        )
+        self.item_adaptations = Counter(
+            "coldstart_item_adaptations",
+            "Events applied to registered items' warm-up states by this replica's consumer.",
+            registry=r,
+        )
+        self.item_freshness_seconds = Histogram(
+            "coldstart_item_update_freshness_seconds",
+            "From an item change (a catalogue record, a warm-up write) to this replica's "
+            "scoring table holding it; the target is p99 <= 1 s.",
+            ("change",),
+            buckets=FRESHNESS_BUCKETS,
+            registry=r,
+        )
+        self.item_records_invalid = Counter(
+            "coldstart_item_records_invalid",
+            "Records of the items topic this replica skipped as invalid, by reason.",
+            ("reason",),
+            registry=r,
+        )
+        self.recommended_slots = Counter(
+            "coldstart_recommended_slots",
+            "Items returned by Recommend (top-k slots filled).",
+            registry=r,
+        )
+        self.recommended_new_slots = Counter(
+            "coldstart_recommended_new_item_slots",
+            "Items returned by Recommend that were registered less than a day before: the "
+            "new-item exposure is this over coldstart_recommended_slots_total.",
+            registry=r,
+        )
         for state in STATE_KINDS:  # every kind present from the start, so rates are defined
             self.responses.labels(state)
+        for how in ("given", "implicit"):
+            self.items_registered.labels(how)
+        for change in ("catalogue", "warmup"):
+            self.item_freshness_seconds.labels(change)
 
     # --- serving side --------------------------------------------------------------------
 
@@ -257,6 +311,32 @@ class Metrics(StreamObserver):
         self.hit_checks.inc()
         if hit:
             self.hits.inc()
+
+    # --- the live catalogue --------------------------------------------------------------
+
+    def set_catalogue(self, counts: Mapping[str, int]) -> None:
+        for state, n in counts.items():
+            self.catalogue_items.labels(state).set(n)
+
+    def on_item_registered(self, implicit: bool) -> None:
+        self.items_registered.labels("implicit" if implicit else "given").inc()
+
+    def on_item_retired(self) -> None:
+        self.items_retired.inc()
+
+    def on_item_adapted(self, n: int) -> None:
+        self.item_adaptations.inc(n)
+
+    def on_item_freshness(self, change: str, seconds: float) -> None:
+        self.item_freshness_seconds.labels(change).observe(max(seconds, 0.0))
+
+    def on_item_record_invalid(self, reason: str) -> None:
+        self.item_records_invalid.labels(reason_label(reason)).inc()
+
+    def on_recommended(self, slots: int, new_slots: int) -> None:
+        self.recommended_slots.inc(slots)
+        if new_slots:
+            self.recommended_new_slots.inc(new_slots)
 
     # --- exposition ----------------------------------------------------------------------
 

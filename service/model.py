@@ -17,13 +17,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from service.errors import HistoryError, UnknownFeatureError
-from service.events import unknown_features
+from service.catalogue import ItemEntry
+from service.errors import HistoryError, InvalidEvent, UnknownFeatureError
+from service.events import UNKNOWN_FEATURE, unknown_features
 from service.history import History, Interaction, decode_entry
+from service.live_items import LiveItems
 from service.state import UserRecord
 from trainer.adapt import inner_loop
 from trainer.artifact import Artifact
+from trainer.data import item_columns
 from trainer.features import UNKNOWN, describe_reading
+from trainer.items import item_step
 from trainer.model import ColdStartModel
 from trainer.split import Support
 
@@ -43,8 +47,19 @@ class ServingModel:
         # (tables, rule, prior, any start) builds an autograd graph or refuses .numpy().
         model = artifact.model.eval().requires_grad_(False)
         self.version = artifact.version
-        self.item_ids: list[str] = artifact.item_ids
+        self.item_ids: list[str] = artifact.item_ids  # the trained catalogue
         self.item_index = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        self.text_encoder: dict = artifact.text_encoder  # {} when item text is not used
+        self.text_dim = model.text_dim  # width of the text vectors the item start reads
+        self.item_columns = {
+            name: j for j, name in enumerate(artifact.manifest["item_feature_names"])
+        }
+        # The raw item features a registration may give, as the side files name them.
+        self.item_feature_names = sorted(
+            {"genre" if c.startswith("genre=") else "year" for c in self.item_columns}
+        )
+        self.warm_after = int(model.item_warm_after)  # item events a new item adapts on
+        self.live = LiveItems.empty(model.config.dim)  # replaced whole by the catalogue
         self.features = artifact.feature_reader  # how a client's raw values read, as in training
         self.feature_names: list[str] = self.features.names
         self.tables = model.item_tables()
@@ -62,6 +77,7 @@ class ServingModel:
         self._interaction = functools.lru_cache(maxsize=PART_CACHE)(
             functools.partial(_read_part, self.item_index)
         )
+        self._item_of = functools.lru_cache(maxsize=PART_CACHE)(_item_of)
         # Cold starts by profile codes: a cold Recommend is then numpy only, as a warm one.
         self._cold = functools.lru_cache(maxsize=COLD_CACHE)(functools.partial(_cold_start, model))
         # Keyed by the stored write (user, state version, write time): a new write is a miss.
@@ -108,6 +124,58 @@ class ServingModel:
             if value and name in reader.values and not reader.code(name, value)
         ]
 
+    def knows(self, item_id: str) -> bool:
+        """Whether the item can be scored: trained, or registered while serving."""
+        return item_id in self.item_index or item_id in self.live.index
+
+    def index_of(self, item_id: str, live: LiveItems) -> int | None:
+        """The item's combined index under `live` (trained first, then live rows)."""
+        index = self.item_index.get(item_id)
+        if index is None:
+            row = live.index.get(item_id)
+            index = None if row is None else len(self.item_ids) + row
+        return index
+
+    def item_hot(self, entry: ItemEntry) -> np.ndarray:
+        """(F,) the multi-hot features of a registered item; InvalidEvent when it names a
+        feature this model does not read (a value it does not know is left out)."""
+        unknown = sorted(set(entry.features) - set(self.item_feature_names))
+        if unknown:
+            raise InvalidEvent(
+                UNKNOWN_FEATURE,
+                f"unknown item feature {', '.join(unknown[:5])}; this model reads "
+                f"{', '.join(self.item_feature_names) or 'none'}",
+            )
+        hot = np.zeros(len(self.item_columns), np.float32)
+        columns = item_columns(entry.features.get("genre", ()), entry.year)
+        hot[[self.item_columns[c] for c in columns if c in self.item_columns]] = 1.0
+        return hot
+
+    def item_rows(
+        self, hot: np.ndarray, text: np.ndarray, pulls: np.ndarray, sums: np.ndarray
+    ) -> np.ndarray:
+        """(N, d + 1) rows [v, b] of new items: generated from their features (N, F) and
+        text vectors (N, T), then stepped towards the users of their first events, given as
+        each item's count of them (N,) and the sum of their vectors (N, d). A sum is all the
+        item step needs of its users (trainer.items.item_step): one support row per item,
+        the users' mean, weighted by their count."""
+        with torch.no_grad():
+            starts = self._model.item_starts(torch.from_numpy(hot), torch.from_numpy(text))
+            if not len(starts) or not pulls.any():
+                return starts.numpy()
+            count = torch.from_numpy(pulls.astype(np.float32))[:, None]
+            mean = torch.from_numpy(sums) / count.clamp(min=1.0)
+            support = Support(
+                torch.arange(len(starts))[:, None],
+                count,
+                torch.zeros_like(count),
+                torch.zeros_like(count),
+                torch.zeros(len(starts), 0, dtype=torch.long),
+            )
+            rule = self._model.item_rule()
+            rows = item_step(starts, support, mean, self._model.reference_users, rule)
+            return torch.where(count > 0, rows, starts).numpy()
+
     def is_current(self, record: UserRecord) -> bool:
         """Whether the record's vector was adapted under this model and can be scored as
         stored; any other state is re-adapted from its history."""
@@ -138,13 +206,27 @@ class ServingModel:
                 first.setdefault(interaction[0], interaction)
         return list(first.values())
 
-    def seen(self, history: History) -> list[int] | None:
-        """The indices of the history's items this model knows; None when an entry is
+    def seen(self, history: History, live: LiveItems | None = None) -> list[int] | None:
+        """The combined indices of the history's items this model scores (trained, and
+        registered under `live`, the current live items when None); None when an entry is
         unreadable (then the user has no usable state: Recommend answers DEGRADED)."""
         try:
-            return item_indices(self.interactions(history))
+            return item_indices(self.interactions(history)) + self.live_seen(history, live)
         except HistoryError:
             return None
+
+    def live_seen(self, history: History, live: LiveItems | None) -> list[int]:
+        """The combined indices of the history's registered items under `live` (the
+        model's current live items when None)."""
+        live = self.live if live is None else live
+        if not live:
+            return []
+        size, index = len(self.item_ids), live.index
+        return [
+            size + index[item_id]
+            for item_id in map(self._item_of, history.parts)
+            if item_id in index
+        ]
 
     def cold_vector(self, profile: Mapping[str, str]) -> np.ndarray:
         """(d,) the vector of a user with no history: the prior their profile conditions.
@@ -187,10 +269,15 @@ class ServingModel:
         with torch.no_grad():
             return inner_loop(starts, self.tables, support, self.rule, start_of=start_of)
 
-    def scores(self, vector: np.ndarray) -> np.ndarray:
-        """(d,) -> (I,) float32 scores over the catalogue: one matrix-vector product."""
-        scores = self._vectors @ np.asarray(vector, dtype=np.float32)
+    def scores(self, vector: np.ndarray, live: LiveItems | None = None) -> np.ndarray:
+        """(d,) -> (I + L,) float32 scores over the trained catalogue, then the live rows
+        (the model's current ones when `live` is None)."""
+        live = self.live if live is None else live
+        vector = np.asarray(vector, dtype=np.float32)
+        scores = self._vectors @ vector
         scores += self._bias
+        if len(live):
+            scores = np.concatenate([scores, live.vectors @ vector + live.bias])
         return scores
 
     def top_k(
@@ -199,9 +286,12 @@ class ServingModel:
         k: int,
         exclude: Sequence[int] = (),
         candidates: Sequence[int] | None = None,
+        live: LiveItems | None = None,
     ) -> list[tuple[str, float]]:
-        """The k best items, excluding `exclude`, among `candidates` when given."""
-        scores = self.scores(vector)
+        """The k best available items, excluding `exclude`, among `candidates` when given:
+        combined indices under `live` (the model's current live items when None)."""
+        live = self.live if live is None else live
+        scores = self.scores(vector, live)
         if candidates is not None:
             allowed = np.full_like(scores, -np.inf)
             index = np.asarray(candidates, dtype=np.intp)
@@ -209,9 +299,12 @@ class ServingModel:
             scores = allowed
         if exclude:
             scores[np.asarray(exclude, dtype=np.intp)] = -np.inf
+        if len(live.hidden):
+            scores[live.hidden] = -np.inf
         best = torch.from_numpy(scores).topk(min(k, scores.shape[0]))  # faster than argpartition
+        size = len(self.item_ids)
         return [
-            (self.item_ids[i], s)
+            (self.item_ids[i] if i < size else live.ids[i - size], s)
             for i, s in zip(best.indices.tolist(), best.values.tolist(), strict=True)
             if s != -np.inf
         ]
@@ -228,6 +321,10 @@ def _read_part(item_index: Mapping[str, int], part: str) -> Interaction | None:
     item_id, rating = decode_entry(part)
     index = item_index.get(item_id)
     return None if index is None else (index, rating)
+
+
+def _item_of(part: str) -> str:
+    return decode_entry(part)[0]
 
 
 def item_indices(interactions: Sequence[Interaction]) -> list[int]:

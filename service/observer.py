@@ -43,3 +43,9 @@ class StreamObserver:
 
     def on_hit(self, hit: bool) -> None:
         """Whether an event's item was in its user's current top-k before it was applied."""
+
+    def on_item_adapted(self, n: int) -> None:
+        """`n` events were applied to a registered item's warm-up state."""
+
+    def on_item_registered(self, implicit: bool) -> None:
+        """An item was registered: by a client (UpsertItems) or at its first event."""

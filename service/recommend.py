@@ -20,16 +20,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import HistoryError, InvalidRequest, StoreError, StoreUnavailable
+from service.live_items import LiveItems
 from service.metrics import Metrics
 from service.model import ServingModel, item_indices
 from service.requests import check_profile, check_user_id
-from service.state import StateStore, UserRecord
+from service.state import StateStore, UserRecord, now_ms
 
 logger = logging.getLogger(__name__)
 
 MAX_K = 1000  # items per Recommend
 DEFAULT_K = 10  # items when a request leaves k unset (proto3 sends 0)
 MAX_CANDIDATES = 10_000  # candidate_item_ids per Recommend
+NEW_ITEM_MS = 86_400_000  # an item registered less than a day ago is new (exposure metric)
 
 
 @dataclass(frozen=True)
@@ -99,12 +101,15 @@ class Recommender:
 
     def recommend(self, query: RecommendQuery) -> Recommendation:
         model = self.model
-        candidates = self._check(query, model)
+        live = model.live  # one catalogue for the whole answer
+        candidates = self._check(query, model, live)
         k = query.k or DEFAULT_K
         record, state = self._read(query.user_id)
         if record is not None and record.history:
             try:
-                return self._personal(query, k, model, record, candidates)
+                answer = self._personal(query, k, model, live, record, candidates)
+                self._count_new(answer.items, live)
+                return answer
             except HistoryError as error:  # one user's history is unreadable: the others are fine
                 self._warn_degraded("user %r: answering from the prior: %s", query.user_id, error)
                 state = "degraded"
@@ -116,7 +121,8 @@ class Recommender:
             profile = query.features
             used = model.features_used(profile)
         self._count_unknown(model, profile)
-        items = model.top_k(model.cold_vector(profile), k, candidates=candidates)
+        items = model.top_k(model.cold_vector(profile), k, candidates=candidates, live=live)
+        self._count_new(items, live)
         self.metrics.on_response(state)
         version = record.state_version if record is not None and state == "cold" else 0
         return Recommendation(items, model.version, state, 0, version, used)
@@ -145,23 +151,35 @@ class Recommender:
         query: RecommendQuery,
         k: int,
         model: ServingModel,
+        live: LiveItems,
         record: UserRecord,
         candidates: list[int] | None,
     ) -> Recommendation:
         vector, known = _vector(model, record)
-        seen = () if query.include_seen else known
-        items = model.top_k(vector, k, exclude=seen, candidates=candidates)
+        seen = () if query.include_seen else known + model.live_seen(record.history, live)
+        items = model.top_k(vector, k, exclude=seen, candidates=candidates, live=live)
         self.metrics.on_response("adapted")
         used = model.features_used(record.profile)
         return Recommendation(
             items, model.version, "adapted", len(known), record.state_version, used
         )
 
+    def _count_new(self, items: list[tuple[str, float]], live: LiveItems) -> None:
+        """Counts the answer's slots, and those going to items registered within a day."""
+        new = 0
+        if len(live):
+            young = now_ms() - NEW_ITEM_MS
+            rows = [live.index.get(item_id) for item_id, _ in items]
+            new = sum(1 for row in rows if row is not None and live.registered_ms[row] > young)
+        self.metrics.on_recommended(len(items), new)
+
     def _count_unknown(self, model: ServingModel, profile: Mapping[str, str]) -> None:
         for name in model.unknown_values(profile):
             self.metrics.on_unknown_feature_value(name)
 
-    def _check(self, query: RecommendQuery, model: ServingModel) -> list[int] | None:
+    def _check(
+        self, query: RecommendQuery, model: ServingModel, live: LiveItems
+    ) -> list[int] | None:
         """Validates the request; the candidates' item indices, None when unrestricted."""
         check_user_id(query.user_id)
         if not 0 <= query.k <= MAX_K:
@@ -178,8 +196,8 @@ class Recommender:
             )
         # Ids the model does not know are left out, as the API promises: a catalogue grows
         # between model versions, and a client's new items must not fail its requests.
-        index = model.item_index
-        return [index[item] for item in query.candidates if item in index]
+        found = (model.index_of(item, live) for item in query.candidates)
+        return [index for index in found if index is not None]
 
     def _read(self, user_id: str) -> tuple[UserRecord | None, str]:
         """The stored record (one Redis round trip) and the state kind when there is none."""

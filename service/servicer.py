@@ -28,9 +28,11 @@ from service.errors import (
     StreamTooLong,
     TooManyStreams,
     UnknownFeatureError,
+    UnknownItemError,
 )
 from service.events import UNDECODABLE
 from service.ingest import Ingestor
+from service.item_registry import ItemRegistry
 from service.metrics import Metrics
 from service.profiles import ProfileWriter
 from service.recommend import Recommender, RecommendQuery
@@ -48,11 +50,17 @@ STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (StoreError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConflictError, grpc.StatusCode.ABORTED),
+    (UnknownItemError, grpc.StatusCode.NOT_FOUND),
 )
 STATE_KIND = {
     "cold": recommender_pb2.COLD,
     "adapted": recommender_pb2.ADAPTED,
     "degraded": recommender_pb2.DEGRADED,
+}
+ITEM_STATE_KIND = {
+    "trained": recommender_pb2.ITEM_STATE_TRAINED,
+    "cold": recommender_pb2.ITEM_STATE_COLD,
+    "warming": recommender_pb2.ITEM_STATE_WARMING,
 }
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
@@ -134,11 +142,13 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         ingestor: Ingestor,
         profiles: ProfileWriter,
         metrics: Metrics,
+        items: ItemRegistry,
     ) -> None:
         self.recommender = recommender
         self.ingestor = ingestor
         self.profiles = profiles
         self.metrics = metrics
+        self.items = items
 
     @_rpc("Recommend")
     def Recommend(
@@ -215,4 +225,47 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 recommender_pb2.UserFeature(name=name, values=values, rule=rule)
                 for name, values, rule in model.describe_features()
             ],
+            item_features=model.item_feature_names,
+            live_items=len(model.live),
         )
+
+    @_rpc("UpsertItems")
+    def UpsertItems(
+        self, request: recommender_pb2.UpsertItemsRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.UpsertItemsResponse:
+        result = self.items.upsert([_item_document(item) for item in request.items])
+        return recommender_pb2.UpsertItemsResponse(
+            accepted=result.accepted, registered=result.registered, retired=result.retired
+        )
+
+    @_rpc("GetItemState")
+    def GetItemState(
+        self, request: recommender_pb2.GetItemStateRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.ItemState:
+        summary = self.items.state(request.item_id)
+        entry = summary.entry
+        return recommender_pb2.ItemState(
+            item_id=summary.item_id,
+            state=ITEM_STATE_KIND[summary.state],
+            interactions=summary.interactions,
+            registered_at_ms=summary.registered_at_ms,
+            features={
+                name: recommender_pb2.FeatureValues(values=values)
+                for name, values in (entry.features.items() if entry else ())
+            },
+            text=entry.text if entry else "",
+            available=entry.available if entry else True,
+            model_version=self.recommender.model.version,
+        )
+
+
+def _item_document(item: recommender_pb2.ItemUpsert) -> dict[str, Any]:
+    """A protobuf ItemUpsert as the items topic's JSON fields; a field not set is absent."""
+    document: dict[str, Any] = {"item_id": item.item_id}
+    if item.features:
+        document["features"] = {name: list(v.values) for name, v in item.features.items()}
+    if item.HasField("text"):
+        document["text"] = item.text
+    if item.HasField("available"):
+        document["available"] = item.available
+    return document

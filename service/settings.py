@@ -32,6 +32,7 @@ ENV_PREFIX = "COLDSTART_"
 FILE_SUFFIX = "_FILE"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+UNKNOWN_ITEMS = ("register", "dead_letter")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SECRETS = ("redis_password", "kafka_sasl_password")
 MASK = "***"
@@ -50,6 +51,9 @@ class Settings:
     metrics_host: str = "0.0.0.0"  # Prometheus HTTP listen address
     topic: str = "coldstart.events"  # events topic; dead letters go to TOPIC.dlq
     topic_partitions: int = 4  # partitions when the service creates the topic (local stack only)
+    items_topic: str = "coldstart.items"  # the live catalogue's compacted log, keyed by item id
+    unknown_items: str = "register"  # an event's item in no catalogue: register, or dead_letter
+    item_refresh_s: float = 0.2  # how often each replica reads catalogue and warm-up changes
     consumer_group: str = "coldstart-service"  # Kafka consumer group shared by all replicas
     history_limit: int = 50  # interactions kept per user: what re-adaptation and filtering see
     state_ttl_s: int = 0  # expire a user's state after this long without events; 0: never
@@ -217,6 +221,7 @@ SECONDS = (
     ("grace_s", 0.001, 3600.0),
     ("redis_timeout_s", 0.001, 60.0),
     ("model_reload_s", 0.0, 86400.0),
+    ("item_refresh_s", 0.01, 10.0),
 )
 
 
@@ -233,7 +238,10 @@ def validate(settings: Settings) -> list[str]:
         problems += [("kafka_bootstrap", p) for p in bootstrap_problems(settings.kafka_bootstrap)]
     if settings.redis_url is not None:
         problems += [("redis_url", p) for p in _redis_url_problems(settings.redis_url)]
-    for name in ("topic", "consumer_group"):
+    if settings.unknown_items not in UNKNOWN_ITEMS:
+        choices = ", ".join(UNKNOWN_ITEMS)
+        problems.append(("unknown_items", f"{settings.unknown_items!r} is not one of {choices}"))
+    for name in ("topic", "consumer_group", "items_topic"):
         problems += [(name, p) for p in topic_problems(getattr(settings, name))]
     for name, low in (
         ("topic_partitions", 1),

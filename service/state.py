@@ -30,6 +30,20 @@ class UserRecord:
     profile: Mapping[str, str] = field(default_factory=dict)  # side features, raw values
 
 
+@dataclass(frozen=True)
+class ItemRecord:
+    """Everything stored for one registered item."""
+
+    item_id: str
+    count: int  # events applied to the item
+    pulls: int  # of them, those whose users pulled its row (the first item_warm_after)
+    pull_sum: np.ndarray  # (d,) float32 sum of those users' vectors
+    model_version: str  # the model whose user vectors the sum adds up
+    state_version: int  # grows by one with every write of this item
+    watermarks: Mapping[Source, int] = field(default_factory=dict)  # last applied offsets
+    updated_at_ms: int = 0
+
+
 def merge_profile(profile: Mapping[str, str], changes: Mapping[str, str]) -> dict[str, str]:
     """The profile with `changes` applied: a value replaces the stored one, an empty value
     removes the feature. Events and UpsertUser change a profile the same way."""
@@ -58,5 +72,17 @@ class StateStore(Protocol):
     def get_many(self, user_ids: Iterable[str]) -> dict[str, UserRecord]: ...
 
     def put_many(self, records: Iterable[UserRecord]) -> set[str]:
+        """Writes each record newer than the stored one; the ids of those written."""
+        ...
+
+
+class ItemStateStore(Protocol):
+    """What the domain needs of service.item_store.ItemStore: registered items' warm-up
+    records, read and written in batches. Redis trouble raises StoreUnavailable, an
+    unreadable record ItemStateError."""
+
+    def get_many(self, item_ids: Iterable[str]) -> dict[str, ItemRecord]: ...
+
+    def put_many(self, records: Iterable[ItemRecord], now_ms: int) -> set[str]:
         """Writes each record newer than the stored one; the ids of those written."""
         ...

@@ -31,7 +31,7 @@ what to do about one (serving degrades, the consumer retries) needs no redis imp
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import numpy as np
@@ -67,7 +67,7 @@ CHUNK = 64
 # the client's cost of a command grows with its arguments (redis-py packs each one in
 # Python), and a split record is three times as many. HSET takes the fields 500 pairs at a
 # time: Lua's unpack() fails past about 8,000 values, which a long history reaches.
-_CAS_SCRIPT = """
+CAS_SCRIPT = """
 local stored = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
 if tonumber(ARGV[1]) <= stored then
   return 0
@@ -151,13 +151,13 @@ def decode_record(user_id: str, fields: Mapping[bytes, bytes]) -> UserRecord:
     try:
         return UserRecord(
             user_id=user_id,
-            vector=_finite_vector(_joined(VECTOR, fields)),
-            history=History.decode(_joined(HISTORY, fields)),
+            vector=finite_vector(joined(VECTOR, fields)),
+            history=History.decode(joined(HISTORY, fields)),
             model_version=fields[MODEL.encode()].decode(),
-            state_version=_whole_number(fields[STATE.encode()]),
-            watermarks=decode_watermarks(_joined(WATERMARK, fields)),
-            updated_at_ms=_whole_number(fields[UPDATED.encode()]),
-            profile=decode_profile(_joined(PROFILE, fields))
+            state_version=whole_number(fields[STATE.encode()]),
+            watermarks=decode_watermarks(joined(WATERMARK, fields)),
+            updated_at_ms=whole_number(fields[UPDATED.encode()]),
+            profile=decode_profile(joined(PROFILE, fields))
             if f"{PROFILE}0".encode() in fields
             else {},
         )
@@ -165,7 +165,7 @@ def decode_record(user_id: str, fields: Mapping[bytes, bytes]) -> UserRecord:
         raise StoreError.of(user_id, error) from None
 
 
-def _finite_vector(raw: bytes) -> np.ndarray:
+def finite_vector(raw: bytes) -> np.ndarray:
     """Finite floats only: this store never writes NaN or infinity, and a vector holding one
     would rank every item NaN while the response called itself adapted."""
     vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
@@ -174,7 +174,7 @@ def _finite_vector(raw: bytes) -> np.ndarray:
     return vector
 
 
-def _whole_number(raw: bytes) -> int:
+def whole_number(raw: bytes) -> int:
     """ASCII digits only: what this store writes. Python's int() also takes '1_0' and other
     scripts' digits, which the script's tonumber() cannot read: every write of the user
     would then fail as a Redis error, and their batch retry forever."""
@@ -183,7 +183,7 @@ def _whole_number(raw: bytes) -> int:
     return int(raw)
 
 
-def _joined(name: str, fields: Mapping[bytes, bytes]) -> bytes:
+def joined(name: str, fields: Mapping[bytes, bytes]) -> bytes:
     """A blob from its fields <name>0, <name>1, ...; KeyError when it is absent."""
     pieces = []
     while (piece := fields.get(f"{name}{len(pieces)}".encode())) is not None:
@@ -193,7 +193,7 @@ def _joined(name: str, fields: Mapping[bytes, bytes]) -> bytes:
     return b"".join(pieces)
 
 
-def _reply_error(user_id: str, error: Exception) -> Exception:
+def reply_error(user_id: str, error: Exception) -> Exception:
     """WRONGTYPE (the user's key holds something other than a hash: another writer, a hand
     edit) is this user's unreadable record, a StoreError: the consumer sets their events
     aside instead of retrying its batch forever. Any other error is Redis's own trouble.
@@ -208,12 +208,50 @@ def _unavailable(error: Exception) -> StoreUnavailable:
 
 
 @contextmanager
-def _redis_calls() -> Iterator[None]:
+def redis_calls() -> Iterator[None]:
     """Any Redis failure inside, as StoreUnavailable (the original chained)."""
     try:
         yield
     except REDIS_ERRORS as error:
         raise _unavailable(error) from error
+
+
+class CasWriter:
+    """Compare-and-set writes of many records, one script call each, in one pipeline."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._cas = client.register_script(CAS_SCRIPT)
+        # redis-py's cluster pipeline refuses EVALSHA (a script may be missing on a node) but
+        # routes EVAL by its one key: on a cluster the script text travels with each call.
+        self._cluster = isinstance(client, RedisCluster)
+
+    def write(
+        self, writes: Mapping[str, tuple[str, list[str | bytes]]], after: Callable | None = None
+    ) -> set[str]:
+        """Runs the script for each id's (key, arguments); returns the ids written (the
+        others held a newer or equal state version). `after(pipe)` may queue more commands
+        behind the writes, in the same round trip. A key that is not a hash raises
+        StoreError for its id."""
+        if not writes:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for key, args in writes.values():
+            if self._cluster:
+                pipe.execute_command("EVAL", CAS_SCRIPT, 1, key, *args)
+            else:
+                self._cas(keys=[key], args=args, client=pipe)
+        if after is not None:
+            after(pipe)
+        with redis_calls():
+            replies = pipe.execute(raise_on_error=False)
+        written = set()
+        for name, reply in zip(writes, replies, strict=False):
+            if isinstance(reply, Exception):
+                raise reply_error(name, reply)
+            if reply == 1:
+                written.add(name)
+        return written
 
 
 class UserStore:
@@ -233,10 +271,7 @@ class UserStore:
         self.client = client  # bytes responses (decode_responses=False)
         self.history_limit = history_limit  # entries kept per user, newest last
         self.ttl_s = ttl_s  # expire a user this long after its last write; None: never
-        self._cas = client.register_script(_CAS_SCRIPT)
-        # redis-py's cluster pipeline refuses EVALSHA (a script may be missing on a node) but
-        # routes EVAL by its one key: on a cluster the script text travels with each call.
-        self._cluster = isinstance(client, RedisCluster)
+        self.writer = CasWriter(client)
 
     @classmethod
     def from_url(cls, url: str, **options: object) -> UserStore:
@@ -249,7 +284,7 @@ class UserStore:
         try:
             fields = self.client.hgetall(user_key(user_id))
         except REDIS_ERRORS as error:
-            raise _reply_error(user_id, error) from error
+            raise reply_error(user_id, error) from error
         return decode_record(user_id, fields) if fields else None
 
     def get_many(self, user_ids: Iterable[str]) -> dict[str, UserRecord]:
@@ -258,12 +293,12 @@ class UserStore:
         pipe = self.client.pipeline(transaction=False)
         for user_id in ids:
             pipe.hgetall(user_key(user_id))
-        with _redis_calls():
+        with redis_calls():
             replies = pipe.execute(raise_on_error=False) if ids else []
         records = {}
         for user_id, reply in zip(ids, replies, strict=True):
             if isinstance(reply, Exception):
-                raise _reply_error(user_id, reply)
+                raise reply_error(user_id, reply)
             if reply:
                 records[user_id] = decode_record(user_id, reply)
         return records
@@ -276,25 +311,15 @@ class UserStore:
         A user whose key is not a hash raises StoreError; the batch's other users are written.
         """
         records = list(records)
-        if not records:
-            return set()
-        pipe = self.client.pipeline(transaction=False)
         ttl = str(self.ttl_s or 0)
-        for record in records:
-            args = [str(record.state_version), ttl, *encode_record(record)]
-            key = user_key(record.user_id)
-            if self._cluster:
-                pipe.execute_command("EVAL", _CAS_SCRIPT, 1, key, *args)
-            else:
-                self._cas(keys=[key], args=args, client=pipe)
-        with _redis_calls():
-            replies = pipe.execute(raise_on_error=False)
-        applied = set()
-        for record, reply in zip(records, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise _reply_error(record.user_id, reply)
-            if reply == 1:
-                applied.add(record.user_id)
+        writes = {
+            record.user_id: (
+                user_key(record.user_id),
+                [str(record.state_version), ttl, *encode_record(record)],
+            )
+            for record in records
+        }
+        applied = self.writer.write(writes)
         if len(applied) < len(records):
             logger.info(
                 "%s of %s user writes were not newer", len(records) - len(applied), len(records)

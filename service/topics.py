@@ -26,10 +26,12 @@ def create_topic(
     *,
     replication_factor: int = 1,
     timeout_s: float = 10.0,
+    compacted: bool = False,
 ) -> bool:
     """Create topic `name` with `partitions` partitions; False when it already exists.
 
-    An existing topic is left as it is, whatever its partition count.
+    An existing topic is left as it is, whatever its partition count. A compacted topic
+    keeps each key's last record: the items topic, where that record is the item.
     """
     if partitions < 1:
         raise TopicError(f"topic {name!r} needs at least 1 partition, got {partitions}")
@@ -44,7 +46,8 @@ def create_topic(
             f"cannot reach Kafka at {bootstrap} to create {name!r}: {error}"
         ) from error
     try:
-        admin.create_topics([NewTopic(name, partitions, replication_factor)])
+        configs = {"cleanup.policy": "compact"} if compacted else {}
+        admin.create_topics([NewTopic(name, partitions, replication_factor, topic_configs=configs)])
     except TopicAlreadyExistsError:
         logger.info("topic %s already exists at %s", name, bootstrap)
         return False

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +154,15 @@ class _ItemContent:
     unseen_text: list[str]
 
 
+def item_columns(genres: Iterable[str], year: int | None) -> list[str]:
+    """The feature columns an item of these genres and release year sets: one reading for
+    the item side files and for items registered while the service runs."""
+    hot = [f"genre={genre}" for genre in genres]
+    if year is not None:
+        hot.append(f"decade={year // 10 * 10}")
+    return hot
+
+
 def _item_content(item_ids: list[str], side: _ItemSide) -> _ItemContent:
     """The items' features and text, and those of the side file's items no interaction
     names (in file order): a catalogue's launches, kept as cold items."""
@@ -171,10 +180,7 @@ def _item_content(item_ids: list[str], side: _ItemSide) -> _ItemContent:
             row = rows.get(raw)
             if row is None:
                 continue
-            hot = [f"genre={g}" for g in side.genres[row]]
-            if side.years[row] is not None:
-                hot.append(f"decade={side.years[row] // 10 * 10}")
-            out[i, [column[h] for h in hot]] = 1.0
+            out[i, [column[h] for h in item_columns(side.genres[row], side.years[row])]] = 1.0
         return out
 
     def texts(ids: list[str]) -> list[str]:

@@ -36,6 +36,11 @@ REQUIRED_PANELS = {
     "Model version",
     "Adaptations with a profile (share)",
     "Unknown feature values by feature",
+    "Catalogue items by state",
+    "Items registered and retired",
+    "Item adaptations",
+    "Item-update freshness p99",
+    "New-item exposure",
 }
 # The series each metric type exposes, after the family name (prometheus_client's naming).
 SUFFIXES = {
@@ -129,6 +134,13 @@ def exercise(metrics: Metrics) -> None:
     metrics.on_hit(True)
     metrics.on_adapted_with_profile(1)
     metrics.on_unknown_feature_value("age")
+    metrics.set_catalogue({"trained": 1, "cold": 1, "warming": 0, "retired": 0})
+    metrics.on_item_registered(implicit=False)
+    metrics.on_item_retired()
+    metrics.on_item_adapted(1)
+    metrics.on_item_freshness("warmup", 0.1)
+    metrics.on_item_record_invalid("bad_json")
+    metrics.on_recommended(10, 1)
 
 
 @pytest.fixture(scope="module")

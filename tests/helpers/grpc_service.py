@@ -15,7 +15,10 @@ from service.app import serving_redis
 from service.grpc_server import GrpcServer, start_server
 from service.history import History, HistoryEntry
 from service.ingest import Ingestor
+from service.item_registry import ItemRegistry
+from service.item_store import ItemStore
 from service.kafka_producer import KafkaEventSink
+from service.live_catalogue import LiveCatalogue
 from service.localstack import LocalStack
 from service.metrics import Metrics
 from service.model import ServingModel
@@ -26,6 +29,7 @@ from service.state import UserRecord
 from service.store import UserStore
 
 TOPIC = "coldstart.events.servertest"  # the events topic of the `service` fixture
+ITEMS_TOPIC = "coldstart.items.servertest"
 N_ITEMS = 40  # items of the tiny model (write_tiny_model's default)
 NOT_UTF8_REQUEST = bytes.fromhex("0a02fffe1005")  # field 1, a string, holds bytes ff fe
 
@@ -47,6 +51,7 @@ def running(
     max_events: int = 1000,
     max_streams: int = 2,
     sink: KafkaEventSink | None = None,
+    register_unknown_items: bool = True,
     **limits: int,
 ) -> Iterator[Running]:
     """A started server (its sink: the stack's broker unless given); `limits` are
@@ -54,11 +59,14 @@ def running(
     metrics = Metrics()
     store = UserStore(serving_redis(redis_url, timeout_s=0.25))
     sink = sink or KafkaEventSink(stack.kafka_bootstrap, TOPIC)
+    item_sink = KafkaEventSink(stack.kafka_bootstrap, ITEMS_TOPIC)
+    items = ItemRegistry(model, LiveCatalogue(), item_sink, ItemStore(store.client), metrics)
     servicer = RecommenderServicer(
         Recommender(model, store, metrics),
-        Ingestor(model, sink, metrics, max_events, max_streams),
+        Ingestor(model, sink, metrics, max_events, max_streams, register_unknown_items),
         ProfileWriter(model, store, metrics),
         metrics,
+        items,
     )
     try:
         server = start_server(servicer, host="127.0.0.1", workers=4, **limits)
@@ -72,6 +80,7 @@ def running(
             server.stop(0.5)
     finally:
         sink.close()
+        item_sink.close()
         store.close()
 
 

@@ -25,9 +25,11 @@ class Replica:
         topic: str,
         group: str,
         batch: int,
+        items_topic: str = "coldstart.items",
     ) -> None:
         self.log = log
         command = [*COLDSTART, "serve", "--model", str(model_dir), "--topic", topic]
+        command += ["--items-topic", items_topic]
         command += ["--kafka-bootstrap", bootstrap, "--redis-url", redis_url]
         command += ["--consumer-group", group, "--grpc-port", "0", "--metrics-port", "0"]
         command += ["--poll-batch-size", str(batch), "--model-reload-s", "0"]
@@ -41,6 +43,11 @@ class Replica:
         """The partitions of its latest assignment (empty before it joined)."""
         found = re.findall(r"assigned partitions \[([0-9, ]*)\]", self.text())
         return {int(p) for p in found[-1].split(",") if p.strip()} if found else set()
+
+    def grpc_port(self) -> int | None:
+        """The gRPC port it serves on, once it says so."""
+        port = re.search(r"serving: gRPC on port (\d+)", self.text())
+        return int(port[1]) if port else None
 
     def applied(self) -> float:
         """Events this process applied, from its own Prometheus endpoint."""

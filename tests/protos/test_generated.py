@@ -22,10 +22,12 @@ def test_generated_code_imports_as_coldstart_v1() -> None:
 
     service = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"]
     assert sorted(service.methods_by_name) == [
+        "GetItemState",
         "GetModelInfo",
         "GetUserState",
         "Recommend",
         "RecordEvents",
+        "UpsertItems",
         "UpsertUser",
     ]
     assert service.methods_by_name["RecordEvents"].client_streaming

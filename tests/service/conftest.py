@@ -46,7 +46,10 @@ def stream_model(stream_model_dir: Path) -> ServingModel:
 
 @pytest.fixture(scope="module")
 def service(model: ServingModel, stack: LocalStack) -> Iterator[Running]:
-    """The gRPC service on the stack, producing to TOPIC, at most 5 events a stream."""
+    """The gRPC service on the stack, producing to TOPIC, at most 5 events a stream; an
+    event's item must be in the catalogue (--unknown-items dead_letter)."""
     create_topic(stack.kafka_bootstrap, TOPIC, 2)
-    with running(model, stack, stack.redis_url, max_events=5) as started:
+    with running(
+        model, stack, stack.redis_url, max_events=5, register_unknown_items=False
+    ) as started:
         yield started

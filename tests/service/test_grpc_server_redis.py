@@ -11,7 +11,7 @@ import time
 
 import grpc
 import pytest
-from coldstart.v1 import recommender_pb2
+from coldstart.v1 import event_pb2, recommender_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -116,14 +116,14 @@ def test_metrics_count_requests_by_method_and_code_and_pass_promtool(
     recommend(service, user_id="metrics-user", k=3)
     with pytest.raises(grpc.RpcError):
         recommend(service, user_id="metrics-user", k=-1)
-    service.stub.RecordEvents(iter([event(0, item_id="not-an-item")]), timeout=15)
+    service.stub.RecordEvents(iter([event(0, type=event_pb2.EVENT_TYPE_UNSPECIFIED)]), timeout=15)
     with pytest.raises(grpc.RpcError):  # more events than the stream cap of 5
         service.stub.RecordEvents(iter([event(n) for n in range(8)]), timeout=15)
     values = service.metrics.values()
     assert values['coldstart_grpc_requests_total{code="OK",method="Recommend"}'] > 0
     assert values['coldstart_grpc_requests_total{code="INVALID_ARGUMENT",method="Recommend"}'] > 0
     assert values['coldstart_grpc_requests_total{code="RESOURCE_EXHAUSTED",method="RecordEvents"}']
-    assert values['coldstart_events_rejected_total{reason="unknown_item"}'] >= 1
+    assert values['coldstart_events_rejected_total{reason="unknown_type"}'] >= 1
     assert values['coldstart_recommend_responses_total{state="adapted"}'] > 0
     assert not any("UNKNOWN" in name or "INTERNAL" in name for name in values)
     promtool = shutil.which("promtool")

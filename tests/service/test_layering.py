@@ -19,6 +19,11 @@ DOMAIN = (
     "events",
     "history",
     "errors",
+    "catalogue",
+    "live_items",
+    "live_catalogue",
+    "item_warmup",
+    "item_registry",
 )
 ENGINES = ("grpc", "kafka", "redis")
 

@@ -14,10 +14,21 @@ class UserStateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COLD: _ClassVar[UserStateKind]
     ADAPTED: _ClassVar[UserStateKind]
     DEGRADED: _ClassVar[UserStateKind]
+
+class ItemStateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ITEM_STATE_KIND_UNSPECIFIED: _ClassVar[ItemStateKind]
+    ITEM_STATE_TRAINED: _ClassVar[ItemStateKind]
+    ITEM_STATE_COLD: _ClassVar[ItemStateKind]
+    ITEM_STATE_WARMING: _ClassVar[ItemStateKind]
 USER_STATE_KIND_UNSPECIFIED: UserStateKind
 COLD: UserStateKind
 ADAPTED: UserStateKind
 DEGRADED: UserStateKind
+ITEM_STATE_KIND_UNSPECIFIED: ItemStateKind
+ITEM_STATE_TRAINED: ItemStateKind
+ITEM_STATE_COLD: ItemStateKind
+ITEM_STATE_WARMING: ItemStateKind
 
 class RecommendRequest(_message.Message):
     __slots__ = ("user_id", "k", "include_seen", "features", "candidate_item_ids")
@@ -162,13 +173,91 @@ class UserFeature(_message.Message):
     def __init__(self, name: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "items", "dim", "user_features")
+    __slots__ = ("model_version", "items", "dim", "user_features", "item_features", "live_items")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     USER_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    LIVE_ITEMS_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     items: int
     dim: int
     user_features: _containers.RepeatedCompositeFieldContainer[UserFeature]
-    def __init__(self, model_version: _Optional[str] = ..., items: _Optional[int] = ..., dim: _Optional[int] = ..., user_features: _Optional[_Iterable[_Union[UserFeature, _Mapping]]] = ...) -> None: ...
+    item_features: _containers.RepeatedScalarFieldContainer[str]
+    live_items: int
+    def __init__(self, model_version: _Optional[str] = ..., items: _Optional[int] = ..., dim: _Optional[int] = ..., user_features: _Optional[_Iterable[_Union[UserFeature, _Mapping]]] = ..., item_features: _Optional[_Iterable[str]] = ..., live_items: _Optional[int] = ...) -> None: ...
+
+class FeatureValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ItemUpsert(_message.Message):
+    __slots__ = ("item_id", "features", "text", "available")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FeatureValues
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FeatureValues, _Mapping]] = ...) -> None: ...
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    features: _containers.MessageMap[str, FeatureValues]
+    text: str
+    available: bool
+    def __init__(self, item_id: _Optional[str] = ..., features: _Optional[_Mapping[str, FeatureValues]] = ..., text: _Optional[str] = ..., available: _Optional[bool] = ...) -> None: ...
+
+class UpsertItemsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ItemUpsert]
+    def __init__(self, items: _Optional[_Iterable[_Union[ItemUpsert, _Mapping]]] = ...) -> None: ...
+
+class UpsertItemsResponse(_message.Message):
+    __slots__ = ("accepted", "registered", "retired")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    registered: int
+    retired: int
+    def __init__(self, accepted: _Optional[int] = ..., registered: _Optional[int] = ..., retired: _Optional[int] = ...) -> None: ...
+
+class GetItemStateRequest(_message.Message):
+    __slots__ = ("item_id",)
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    def __init__(self, item_id: _Optional[str] = ...) -> None: ...
+
+class ItemState(_message.Message):
+    __slots__ = ("item_id", "state", "interactions", "registered_at_ms", "features", "text", "available", "model_version")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FeatureValues
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FeatureValues, _Mapping]] = ...) -> None: ...
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    state: ItemStateKind
+    interactions: int
+    registered_at_ms: int
+    features: _containers.MessageMap[str, FeatureValues]
+    text: str
+    available: bool
+    model_version: str
+    def __init__(self, item_id: _Optional[str] = ..., state: _Optional[_Union[ItemStateKind, str]] = ..., interactions: _Optional[int] = ..., registered_at_ms: _Optional[int] = ..., features: _Optional[_Mapping[str, FeatureValues]] = ..., text: _Optional[str] = ..., available: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...

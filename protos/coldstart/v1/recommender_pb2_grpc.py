@@ -62,6 +62,16 @@ class RecommenderStub:
                 request_serializer=coldstart_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=coldstart_dot_v1_dot_recommender__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.UpsertItems = channel.unary_unary(
+                '/coldstart.v1.Recommender/UpsertItems',
+                request_serializer=coldstart_dot_v1_dot_recommender__pb2.UpsertItemsRequest.SerializeToString,
+                response_deserializer=coldstart_dot_v1_dot_recommender__pb2.UpsertItemsResponse.FromString,
+                _registered_method=True)
+        self.GetItemState = channel.unary_unary(
+                '/coldstart.v1.Recommender/GetItemState',
+                request_serializer=coldstart_dot_v1_dot_recommender__pb2.GetItemStateRequest.SerializeToString,
+                response_deserializer=coldstart_dot_v1_dot_recommender__pb2.ItemState.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -131,6 +141,33 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertItems(self, request, context):
+        """Registers, updates or retires items of the live catalogue, many per call.
+        A registered item is recommendable on every replica within about a second,
+        starting from its features and text, and learns from its first events.
+        Each item's record goes to the compacted items topic `coldstart.items`,
+        which every replica follows; the call returns once the broker holds them
+        all. Items of the trained catalogue may be updated the same way (their
+        availability; their features are kept for the next training run). The
+        call is all or nothing: one invalid item (an id over the limit, a feature
+        the model does not read, a year that is not a number, a text over the
+        limit, a retirement of an item in neither catalogue) is INVALID_ARGUMENT
+        naming it, and nothing is written. A broker that cannot be reached is
+        UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetItemState(self, request, context):
+        """What the catalogue holds for an item: trained, cold or warming, its
+        registration time, its features and availability. An item in neither the
+        model nor the live catalogue is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +195,16 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=coldstart_dot_v1_dot_recommender__pb2.GetModelInfoRequest.FromString,
                     response_serializer=coldstart_dot_v1_dot_recommender__pb2.ModelInfo.SerializeToString,
+            ),
+            'UpsertItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItems,
+                    request_deserializer=coldstart_dot_v1_dot_recommender__pb2.UpsertItemsRequest.FromString,
+                    response_serializer=coldstart_dot_v1_dot_recommender__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'GetItemState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetItemState,
+                    request_deserializer=coldstart_dot_v1_dot_recommender__pb2.GetItemStateRequest.FromString,
+                    response_serializer=coldstart_dot_v1_dot_recommender__pb2.ItemState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -297,6 +344,60 @@ class Recommender:
             '/coldstart.v1.Recommender/GetModelInfo',
             coldstart_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
             coldstart_dot_v1_dot_recommender__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coldstart.v1.Recommender/UpsertItems',
+            coldstart_dot_v1_dot_recommender__pb2.UpsertItemsRequest.SerializeToString,
+            coldstart_dot_v1_dot_recommender__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetItemState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coldstart.v1.Recommender/GetItemState',
+            coldstart_dot_v1_dot_recommender__pb2.GetItemStateRequest.SerializeToString,
+            coldstart_dot_v1_dot_recommender__pb2.ItemState.FromString,
             options,
             channel_credentials,
             insecure,
