@@ -1,7 +1,8 @@
 """What the service benchmarks share: an ml-1m-sized model, adapted users, percentiles, /proc.
 
 The model is built, not trained: `trainer.train.build_model` on the ml-1m
-context (SVD item vectors, the prior and rule at their initial values), saved
+context (SVD item vectors, the prior and rule at their initial values, registered
+items adapting on their first BUILT_WARM_AFTER events), saved
 as a normal artifact. Serving and adaptation cost depend on the catalogue size,
 the dimension and the number of inner steps, not on how well the weights were
 learned, and building takes seconds where meta-training takes minutes. Pass
@@ -36,6 +37,9 @@ from trainer.model import ModelConfig
 from trainer.train import build_model
 
 DEFAULT_DATA = Path("../shared/data/ml-1m")
+# A new item adapts on this many events, as a fitted item side may choose (built models
+# have no fitted item side, and would otherwise never warm a registered item).
+BUILT_WARM_AFTER = 20
 
 
 def built_model(data_dir: Path, out: Path, seed: int = 0) -> Path:
@@ -43,6 +47,7 @@ def built_model(data_dir: Path, out: Path, seed: int = 0) -> Path:
     data = load_dataset(data_dir)
     ctx = make_context(data, seed, [0], torch.device("cpu"))
     model = build_model(ctx, ModelConfig())
+    model.item_warm_after.fill_(BUILT_WARM_AFTER)
     extra = {"seed": seed, "benchmark": "built by trainer.train.build_model, not meta-trained"}
     artifact.save(model, data, out, extra)
     return out

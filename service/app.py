@@ -1,15 +1,17 @@
-"""The `serve` process: wires settings, local stack, model, store, consumer, gRPC and metrics.
+"""The `serve` process: wires settings, local stack, model, catalogue, store, consumer, gRPC
+and metrics.
 
 Why a `Service` object with start() and stop() rather than one long function:
 `coldstart serve`, `coldstart demo` and the tests all run the same wiring, the
 latter two in-process on free ports. Start order makes failures cheap (the
-model loads before any engine starts); stop order follows a Kubernetes
+model loads before any engine starts), and a replica reads the whole items topic
+before it serves, so it never answers from half a catalogue; stop order follows a Kubernetes
 shutdown: health turns NOT_SERVING first so probes steer traffic away, the
 consumer finishes its batch and commits, in-flight RPCs get the grace period,
 and only then do the clients and any embedded engines go.
 
-If the consumer thread dies, the process stops with a non-zero exit instead of
-serving ever staler states: an orchestrator restarts it.
+If the consumer or the catalogue follower thread dies, the process stops with a
+non-zero exit instead of serving ever staler states: an orchestrator restarts it.
 """
 
 from __future__ import annotations

@@ -73,11 +73,11 @@ class ItemRegistry:
             )
         model, stamp = self.model, now_ms()
         entries = [self._entry(n, document, model, stamp) for n, document in enumerate(documents)]
+        registered = len({e.item_id for e in entries if not self._known(e.item_id, model)})
         checks = [self.sink.send_record(e.item_id.encode(), e.to_json()) for e in entries]
         self.sink.flush()
         for check in checks:
             check()
-        registered = sum(1 for e in entries if not self._known(e.item_id, model))
         for _ in range(registered):
             self.metrics.on_item_registered(implicit=False)
         retired = sum(1 for e in entries if not e.available)

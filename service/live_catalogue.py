@@ -117,11 +117,12 @@ class LiveCatalogue:
                 if not e.available and i in model.item_index
             ]
             retired += [size + row for row, entry in enumerate(live) if not entry.available]
+            vectors, bias = model.with_rows(rows)
             model.live = LiveItems(
                 ids=ids,
                 index={item_id: row for row, item_id in enumerate(ids)},
-                vectors=np.ascontiguousarray(rows[:, :-1]),
-                bias=np.ascontiguousarray(rows[:, -1]),
+                vectors=vectors,
+                bias=bias,
                 registered_ms=np.array([self.registered_ms[i] for i in ids], np.int64),
                 hidden=np.array(sorted(retired), np.intp),
             )

@@ -59,7 +59,6 @@ class ServingModel:
             {"genre" if c.startswith("genre=") else "year" for c in self.item_columns}
         )
         self.warm_after = int(model.item_warm_after)  # item events a new item adapts on
-        self.live = LiveItems.empty(model.config.dim)  # replaced whole by the catalogue
         self.features = artifact.feature_reader  # how a client's raw values read, as in training
         self.feature_names: list[str] = self.features.names
         self.tables = model.item_tables()
@@ -73,6 +72,7 @@ class ServingModel:
         # on numpy views of the same tables (shared memory, no copy).
         self._vectors = self.tables.vectors.numpy()
         self._bias = self.tables.bias.numpy()
+        self.live = LiveItems.empty(self._vectors, self._bias)  # replaced whole by the catalogue
         # Bound to the id map, not to self: no reference cycle for a model swap to leave.
         self._interaction = functools.lru_cache(maxsize=PART_CACHE)(
             functools.partial(_read_part, self.item_index)
@@ -151,6 +151,13 @@ class ServingModel:
         hot[[self.item_columns[c] for c in columns if c in self.item_columns]] = 1.0
         return hot
 
+    def with_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The scoring table with live rows (L, d + 1) after the trained ones: (I + L, d)
+        vectors and (I + L,) biases."""
+        return np.concatenate([self._vectors, rows[:, :-1]]), np.concatenate(
+            [self._bias, rows[:, -1]]
+        )
+
     def item_rows(
         self, hot: np.ndarray, text: np.ndarray, pulls: np.ndarray, sums: np.ndarray
     ) -> np.ndarray:
@@ -200,33 +207,39 @@ class ServingModel:
         training reads a history (trainer.data); items the model does not know are skipped.
         A view then a click on one item must not pull the user twice as far towards it as
         the model learned. HistoryError when a stored entry is unreadable."""
+        return self.read(history)[0]
+
+    def read(self, history: History) -> tuple[list[Interaction], list[str]]:
+        """The history's interactions (as `interactions`), and in one pass its parts that
+        name items the trained catalogue lacks: registered items, or none at all."""
         first: dict[int, Interaction] = {}
-        for interaction in map(self._interaction, history.parts):
-            if interaction is not None:
+        untrained = []
+        for part in history.parts:
+            interaction = self._interaction(part)
+            if interaction is None:
+                untrained.append(part)
+            else:
                 first.setdefault(interaction[0], interaction)
-        return list(first.values())
+        return list(first.values()), untrained
 
     def seen(self, history: History, live: LiveItems | None = None) -> list[int] | None:
         """The combined indices of the history's items this model scores (trained, and
         registered under `live`, the current live items when None); None when an entry is
         unreadable (then the user has no usable state: Recommend answers DEGRADED)."""
         try:
-            return item_indices(self.interactions(history)) + self.live_seen(history, live)
+            interactions, untrained = self.read(history)
         except HistoryError:
             return None
+        return item_indices(interactions) + self.live_seen(untrained, live)
 
-    def live_seen(self, history: History, live: LiveItems | None) -> list[int]:
-        """The combined indices of the history's registered items under `live` (the
-        model's current live items when None)."""
+    def live_seen(self, parts: Sequence[str], live: LiveItems | None) -> list[int]:
+        """The combined indices under `live` (the current live items when None) of the
+        items `parts` name that are registered (parts as `read` gives them)."""
         live = self.live if live is None else live
-        if not live:
+        if not parts or not live:
             return []
         size, index = len(self.item_ids), live.index
-        return [
-            size + index[item_id]
-            for item_id in map(self._item_of, history.parts)
-            if item_id in index
-        ]
+        return [size + index[item] for item in map(self._item_of, parts) if item in index]
 
     def cold_vector(self, profile: Mapping[str, str]) -> np.ndarray:
         """(d,) the vector of a user with no history: the prior their profile conditions.
@@ -273,11 +286,8 @@ class ServingModel:
         """(d,) -> (I + L,) float32 scores over the trained catalogue, then the live rows
         (the model's current ones when `live` is None)."""
         live = self.live if live is None else live
-        vector = np.asarray(vector, dtype=np.float32)
-        scores = self._vectors @ vector
-        scores += self._bias
-        if len(live):
-            scores = np.concatenate([scores, live.vectors @ vector + live.bias])
+        scores = live.vectors @ np.asarray(vector, dtype=np.float32)
+        scores += live.bias
         return scores
 
     def top_k(

@@ -17,8 +17,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from service.errors import HistoryError, InvalidRequest, StoreError, StoreUnavailable
 from service.live_items import LiveItems
 from service.metrics import Metrics
@@ -155,8 +153,9 @@ class Recommender:
         record: UserRecord,
         candidates: list[int] | None,
     ) -> Recommendation:
-        vector, known = _vector(model, record)
-        seen = () if query.include_seen else known + model.live_seen(record.history, live)
+        interactions, untrained = model.read(record.history)
+        vector, known = model.vector(record, interactions), item_indices(interactions)
+        seen = () if query.include_seen else known + model.live_seen(untrained, live)
         items = model.top_k(vector, k, exclude=seen, candidates=candidates, live=live)
         self.metrics.on_response("adapted")
         used = model.features_used(record.profile)
@@ -211,9 +210,3 @@ class Recommender:
             self._warn_degraded("answering from the prior: %s", error)
             return None, "degraded"
         return record, "cold"
-
-
-def _vector(model: ServingModel, record: UserRecord) -> tuple[np.ndarray, list[int]]:
-    """The user's vector and the indices of their history items this model knows."""
-    interactions = model.interactions(record.history)
-    return model.vector(record, interactions), item_indices(interactions)

@@ -62,7 +62,7 @@ def test_registered_items_rank_beside_trained_ones_and_retired_ones_never(
     size = len(model.item_ids)
     assert model.live.ids == ["launch"] and model.index_of("launch", model.live) == size
 
-    vector = np.append(model.live.vectors[0], 0.0)[: model.dim] * 50  # favours the launch
+    vector = model.live.vectors[size] * 50  # favours the launch
     best = model.top_k(vector, size + 1)
     assert best[0][0] == "launch" and model.item_ids[0] not in dict(best)
     assert model.top_k(vector, 5, candidates=[size]) == best[:1]
@@ -93,7 +93,7 @@ def test_a_model_swap_keeps_registered_items_and_scores_known_ones_as_trained(
     assert model.item_ids[-1] == stream_model.item_ids[-1] or len(model.live) == 2
     catalogue.publish(stream_model)
     assert stream_model.live.ids == ["launch"]
-    assert stream_model.live.vectors.shape == (1, stream_model.dim)
+    assert stream_model.live.vectors.shape == (len(stream_model.item_ids) + 1, stream_model.dim)
     summary = catalogue.summary(stream_model, stream_model.item_ids[-1])
     assert summary is not None and summary.state == "trained"
 
