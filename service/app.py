@@ -41,7 +41,7 @@ from service.lifecycle import Lifecycle
 from service.live_catalogue import LiveCatalogue
 from service.localstack import LocalStack
 from service.metrics import Metrics
-from service.model import ServingModel
+from service.model import Retrieval, ServingModel
 from service.profiles import ProfileWriter
 from service.recommend import Recommender
 from service.reload import ModelReloader
@@ -132,7 +132,8 @@ class Service(Lifecycle):
     def _start(self) -> None:
         s = self.settings
         logger.info("settings: %s", s.describe())
-        self.model = ServingModel(artifact.load(s.model))
+        self.retrieval = Retrieval(s.index_from_items, s.index_probes)
+        self.model = ServingModel(artifact.load(s.model), self.retrieval)
         self.metrics.set_model(self.model.version, len(self.model.item_ids), self.model.dim)
         logger.info(
             "model %s: %s items, dim %s",
@@ -182,7 +183,9 @@ class Service(Lifecycle):
         assert self.model is not None
         if self.settings.model_reload_s == 0:
             return
-        reloader = ModelReloader(self.settings.model, self.model.version, self.use_model)
+        reloader = ModelReloader(
+            self.settings.model, self.model.version, self.use_model, self.retrieval
+        )
         self._reloader_thread = threading.Thread(
             target=reloader.run,
             args=(self.settings.model_reload_s, self._reloading),

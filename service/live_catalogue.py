@@ -125,6 +125,7 @@ class LiveCatalogue:
                 bias=bias,
                 registered_ms=np.array([self.registered_ms[i] for i in ids], np.int64),
                 hidden=np.array(sorted(retired), np.intp),
+                hidden_set=frozenset(retired),
             )
 
     def _built_rows(self, model: ServingModel, live: list[ItemEntry]) -> np.ndarray:

@@ -27,6 +27,7 @@ class LiveItems:
     bias: np.ndarray  # (I + L,) float32 item biases b, likewise
     registered_ms: np.ndarray  # (L,) int64 when each live item was registered
     hidden: np.ndarray  # (H,) intp combined indices never recommended: the retired items
+    hidden_set: frozenset[int] = frozenset()  # the same, for an index's few candidates
 
     @classmethod
     def empty(cls, vectors: np.ndarray, bias: np.ndarray) -> LiveItems:

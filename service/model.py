@@ -4,8 +4,11 @@ The service never re-implements the adaptation: it is the trainer's own
 `inner_loop`, started from the model's own initialisation. Scoring is one path,
 `top_k`: u . v_i + b_i on numpy views of the same item tables (see
 `ServingModel.__init__` for why not torch), for Recommend and for the consumer's
-online hit rate alike. Otherwise this module only translates between the raw ids
-and feature values of the outside world and the model's tensor indices.
+online hit rate alike, over the trained items and those registered while serving
+(`service.live_items`); from `Retrieval.index_from` trained items it takes an
+approximate index's candidates (`service.retrieval`) and scores those exactly.
+Otherwise this module only translates between the raw ids and feature values of the
+outside world and the model's tensor indices.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import functools
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +26,7 @@ from service.errors import HistoryError, InvalidEvent, UnknownFeatureError
 from service.events import UNKNOWN_FEATURE, unknown_features
 from service.history import History, Interaction, decode_entry
 from service.live_items import LiveItems
+from service.retrieval import ItemIndex
 from service.state import UserRecord
 from trainer.adapt import inner_loop
 from trainer.artifact import Artifact
@@ -41,8 +46,17 @@ READAPTED_CACHE = 2**14
 COLD_CACHE = 2**12  # distinct profiles' cold starts kept (the features' value combinations)
 
 
+@dataclass(frozen=True)
+class Retrieval:
+    """When and how a top-k uses an approximate index (service.retrieval) rather than
+    scoring every item: from `index_from` trained items, probing `probes` of its lists."""
+
+    index_from: int = 100_000
+    probes: int = 32
+
+
 class ServingModel:
-    def __init__(self, artifact: Artifact) -> None:
+    def __init__(self, artifact: Artifact, retrieval: Retrieval | None = None) -> None:
         # Inference only: with no parameter requiring grad, nothing derived from the model
         # (tables, rule, prior, any start) builds an autograd graph or refuses .numpy().
         model = artifact.model.eval().requires_grad_(False)
@@ -73,6 +87,10 @@ class ServingModel:
         self._vectors = self.tables.vectors.numpy()
         self._bias = self.tables.bias.numpy()
         self.live = LiveItems.empty(self._vectors, self._bias)  # replaced whole by the catalogue
+        retrieval = retrieval or Retrieval()
+        self.index = None  # a top-k without an index scores every item
+        if len(self.item_ids) >= retrieval.index_from:
+            self.index = ItemIndex.for_size(self._vectors, self._bias, retrieval.probes)
         # Bound to the id map, not to self: no reference cycle for a model swap to leave.
         self._interaction = functools.lru_cache(maxsize=PART_CACHE)(
             functools.partial(_read_part, self.item_index)
@@ -301,6 +319,8 @@ class ServingModel:
         """The k best available items, excluding `exclude`, among `candidates` when given:
         combined indices under `live` (the model's current live items when None)."""
         live = self.live if live is None else live
+        if self.index is not None and candidates is None:
+            return self._indexed_top_k(vector, k, exclude, live)
         scores = self.scores(vector, live)
         if candidates is not None:
             allowed = np.full_like(scores, -np.inf)
@@ -317,6 +337,26 @@ class ServingModel:
             (self.item_ids[i] if i < size else live.ids[i - size], s)
             for i, s in zip(best.indices.tolist(), best.values.tolist(), strict=True)
             if s != -np.inf
+        ]
+
+    def _indexed_top_k(
+        self, vector: np.ndarray, k: int, exclude: Sequence[int], live: LiveItems
+    ) -> list[tuple[str, float]]:
+        """top_k through the index: its candidates among the trained items, every live row,
+        each re-scored exactly; blocked items (excluded, retired) filtered exactly, the
+        search fetching as many more as there are blocked items."""
+        assert self.index is not None
+        size = len(self.item_ids)
+        blocked = live.hidden_set.union(exclude)
+        found = self.index.search(vector, k + len(blocked)).tolist() + list(
+            range(size, size + len(live))
+        )
+        pool = np.array([i for i in found if i not in blocked], dtype=np.intp)
+        scores = live.vectors[pool] @ np.asarray(vector, dtype=np.float32) + live.bias[pool]
+        best = np.argsort(-scores, kind="stable")[:k]
+        return [
+            (self.item_ids[i] if i < size else live.ids[i - size], float(s))
+            for i, s in zip(pool[best].tolist(), scores[best].tolist(), strict=True)
         ]
 
 

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from service.model import ServingModel
+from service.model import Retrieval, ServingModel
 from trainer import artifact
 from trainer.errors import ArtifactError
 
@@ -27,9 +27,14 @@ class ModelReloader:
     """Calls `on_model` with each new model version that appears in `model_dir`."""
 
     def __init__(
-        self, model_dir: Path, current: str, on_model: Callable[[ServingModel], None]
+        self,
+        model_dir: Path,
+        current: str,
+        on_model: Callable[[ServingModel], None],
+        retrieval: Retrieval | None = None,
     ) -> None:
         self.model_dir = model_dir
+        self.retrieval = retrieval
         self.current = current
         self.on_model = on_model
         self._refused: str | None = None  # the last refusal, logged once
@@ -43,7 +48,7 @@ class ModelReloader:
         try:
             if artifact.version_of(self.model_dir) == self.current:
                 return False
-            model = ServingModel(artifact.load(self.model_dir))
+            model = ServingModel(artifact.load(self.model_dir), self.retrieval)
         except ArtifactError as error:
             if str(error) != self._refused:
                 logger.warning("new model refused, still serving %s: %s", self.current, error)

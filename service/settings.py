@@ -54,6 +54,8 @@ class Settings:
     items_topic: str = "coldstart.items"  # the live catalogue's compacted log, keyed by item id
     unknown_items: str = "register"  # an event's item in no catalogue: register, or dead_letter
     item_refresh_s: float = 0.2  # how often each replica reads catalogue and warm-up changes
+    index_from_items: int = 100_000  # from this many trained items, top-k searches an index
+    index_probes: int = 32  # index lists a top-k searches: more is closer to exact, slower
     consumer_group: str = "coldstart-service"  # Kafka consumer group shared by all replicas
     history_limit: int = 50  # interactions kept per user: what re-adaptation and filtering see
     state_ttl_s: int = 0  # expire a user's state after this long without events; 0: never
@@ -252,6 +254,8 @@ def validate(settings: Settings) -> list[str]:
         ("max_message_bytes", 1024),
         ("max_stream_events", 1),
         ("poll_batch_size", 1),
+        ("index_from_items", 1),
+        ("index_probes", 1),
     ):
         if getattr(settings, name) < low:
             problems.append((name, f"{getattr(settings, name)} is below the minimum {low}"))
