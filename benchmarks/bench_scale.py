@@ -15,6 +15,9 @@ index (service/retrieval.py). Measured in this process, one thread:
   ROUNDS rounds;
 - recall@20 of the index's top-20 against exact scoring, over QUERIES user-like
   vectors (mixtures of cluster centres), at each probe count of --probes;
+- adapt_users_per_s: users re-adapted per second (CPU), 256 at a time on 50-event
+  histories, with the model's inner step: the whole catalogue scored below 100,000
+  items, a fixed 4,096-item sample from there (`ModelConfig.sampled_from_items`);
 - rss_mib of this process after each size's model.
 
     python benchmarks/bench_scale.py [--sizes 10000,1000000] [--probes 8,16,24,32,64]
@@ -48,6 +51,7 @@ from trainer.model import ColdStartModel, ModelConfig
 DIM = 64
 CENTRES = 256
 SEEN = 50
+ADAPT_BATCH = 256  # users per batched adaptation
 
 
 def item_table(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -77,6 +81,7 @@ def serving_model(vectors: np.ndarray, bias: np.ndarray) -> tuple[ServingModel, 
         "user_feature_brackets": {},
         "item_feature_names": [],
     }
+    model.draw_sample(np.exp(bias), seed=0)  # a Zipf popularity: e^bias is 1 / rank
     clock = time.perf_counter()
     served = ServingModel(Artifact(model, manifest), Retrieval())
     return served, time.perf_counter() - clock
@@ -101,6 +106,20 @@ def top_k_cpu(model: ServingModel, users: np.ndarray, rounds: int) -> float:
             model.top_k(vector, 10, exclude=excluded)
         times.append((time.process_time() - clock) / len(users) * 1000)
     return statistics.median(times)
+
+
+def adapt_users_per_s(model: ServingModel, rounds: int) -> float:
+    """Users re-adapted per second on 50-event histories, ADAPT_BATCH at a time, as the
+    consumer's micro-batch does (median of `rounds`)."""
+    rng = np.random.default_rng(3)
+    size = len(model.item_ids)
+    histories = [[(int(i), None) for i in rng.integers(0, size, SEEN)] for _ in range(ADAPT_BATCH)]
+    times = []
+    for _ in range(rounds):
+        clock = time.process_time()
+        model.adapt(histories)
+        times.append(time.process_time() - clock)
+    return ADAPT_BATCH / statistics.median(times)
 
 
 def recommend_cpu(model: ServingModel, users: np.ndarray, redis_url: str, rounds: int) -> float:
@@ -150,6 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sizes": results,
         "top_k_cpu_ratio": round(large["top_k_cpu_ms"] / small["top_k_cpu_ms"], 3),
         "recommend_cpu_ratio": round(large["recommend_cpu_ms"] / small["recommend_cpu_ms"], 3),
+        "adapt_rate_ratio": round(large["adapt_users_per_s"] / small["adapt_users_per_s"], 3),
         "queries": args.queries,
         "rounds": args.rounds,
         "dim": DIM,
@@ -168,6 +188,8 @@ def measure(size: int, redis_url: str, args: argparse.Namespace) -> dict[str, An
         "load_s": round(load_s, 2),
         "top_k_cpu_ms": round(top_k_cpu(model, users, args.rounds), 4),
         "recommend_cpu_ms": round(recommend_cpu(model, users, redis_url, args.rounds), 4),
+        "inner_step_sample": model.inner_sample,
+        "adapt_users_per_s": round(adapt_users_per_s(model, args.rounds), 1),
         "rss_mib": rss_mib(os.getpid()),
     }
     if isinstance(model.index, ItemIndex):

@@ -76,6 +76,7 @@ class ServingModel:
         self.features = artifact.feature_reader  # how a client's raw values read, as in training
         self.feature_names: list[str] = self.features.names
         self.tables = model.item_tables()
+        self._scored = model.scored_tables(self.tables)  # None: the step scores every item
         self.rule = model.rule()
         self.prior = model.initial_users(torch.zeros(1, len(self.feature_names), dtype=torch.long))[
             0
@@ -100,6 +101,11 @@ class ServingModel:
         self._cold = functools.lru_cache(maxsize=COLD_CACHE)(functools.partial(_cold_start, model))
         # Keyed by the stored write (user, state version, write time): a new write is a miss.
         self._readapted: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+
+    @property
+    def inner_sample(self) -> int:
+        """Items a user's inner step scores in place of the catalogue; 0: all of them."""
+        return 0 if self._scored is None else len(self._scored.bias)
 
     @property
     def dim(self) -> int:
@@ -268,7 +274,10 @@ class ServingModel:
         """The distinct initial vectors (U, d) of (B, F) codes, and each user's row (B,):
         users with one profile share a start, and inner_loop's first step scores the
         catalogue once per distinct start (once in all when no user has a profile)."""
-        distinct, start_of = torch.unique(codes, dim=0, return_inverse=True)
+        if codes.shape[1] == 0:  # a model without user features: one start for everyone
+            distinct, start_of = codes[:1], torch.zeros(len(codes), dtype=torch.long)
+        else:
+            distinct, start_of = torch.unique(codes, dim=0, return_inverse=True)
         with torch.no_grad():
             return self._model.initial_users(distinct), start_of
 
@@ -298,7 +307,11 @@ class ServingModel:
         )
         starts, start_of = self._starts(codes)
         with torch.no_grad():
-            return inner_loop(starts, self.tables, support, self.rule, start_of=start_of)
+            if self._scored is None:
+                return inner_loop(starts, self.tables, support, self.rule, start_of=start_of)
+            return inner_loop(
+                starts, self._scored, support, self.rule, start_of=start_of, pulls=self.tables
+            )
 
     def scores(self, vector: np.ndarray, live: LiveItems | None = None) -> np.ndarray:
         """(d,) -> (I + L,) float32 scores over the trained catalogue, then the live rows

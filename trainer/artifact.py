@@ -33,7 +33,7 @@ from trainer.model import ColdStartModel, ModelConfig
 
 # Raised whenever what the manifest's hashes cover changes: an artifact of another format is
 # refused with its version named, not misread.
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 MAX_SEED = 2**32 - 1  # what `coldstart train --seed` accepts
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
@@ -333,6 +333,11 @@ def load(model_dir: str | Path) -> Artifact:
             )
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ArtifactError(f"{root / WEIGHTS}: {name} holds NaN or infinite values")
+    sample = tensors["sample"]
+    if len(sample) and not (
+        int(sample.min()) >= 0 and int(sample.max()) < len(manifest["item_ids"])
+    ):
+        raise ArtifactError(f"{root / WEIGHTS}: sample names items outside the catalogue")
     model = _build(manifest)
     model.load_state_dict(tensors)
     model.eval()

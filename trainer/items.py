@@ -359,6 +359,10 @@ def add_unseen_items(
         )
         state["rating_bias"] = torch.cat([model.rating_bias, mean_rating])
         state["item_features"] = grown.item_features
+        if len(grown.sample) != len(model.sample):  # the new items took it past the size
+            popularity = torch.cat([model.item_bias, rows[:, -1]]).exp().numpy()
+            grown.draw_sample(popularity, seed=0)
+            state["sample"], state["sample_correction"] = grown.sample, grown.sample_correction
         grown.load_state_dict(state)
     return grown
 

@@ -13,6 +13,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,11 +41,23 @@ class ModelConfig:
     use_item_text: bool = True  # give a new item's start its text, when an encoder is installed
     item_start_width: int = 256  # hidden units of the new-item start generator
     reference_users: int = 1024  # the users a new item's step scores it against
+    # From this catalogue size, a user's inner step scores a fixed sample of items (drawn by
+    # popularity, corrected by it) instead of the whole catalogue; 1 forces it on any size.
+    sampled_from_items: int = 100_000
+    sampled_items: int = 4096  # the sample's size
 
     def __post_init__(self) -> None:
         check_fields(
             self,
-            positive=("dim", "init_inner_lr", "init_prior", "svd_scale", "item_start_width"),
+            positive=(
+                "dim",
+                "init_inner_lr",
+                "init_prior",
+                "svd_scale",
+                "item_start_width",
+                "sampled_from_items",
+                "sampled_items",
+            ),
             non_negative=("inner_steps", "rating_weight", "reference_users"),
         )
         if self.inner_steps > MAX_INNER_STEPS:
@@ -101,6 +114,11 @@ class ColdStartModel(nn.Module):
         self.register_buffer("reference_users", torch.zeros(config.reference_users, d))
         # A new item adapts on its first this-many interactions, then waits for training.
         self.register_buffer("item_warm_after", torch.tensor(0))
+        # The inner step's fixed item sample and each sampled item's logit correction:
+        # empty below sampled_from_items (the step scores the whole catalogue).
+        sampled = min(config.sampled_items, n_items) if n_items >= config.sampled_from_items else 0
+        self.register_buffer("sample", torch.zeros(sampled, dtype=torch.long))
+        self.register_buffer("sample_correction", torch.zeros(sampled))
 
     def init_from_data(
         self, log_popularity: torch.Tensor, mean_rating: float, item_vectors: torch.Tensor
@@ -116,6 +134,36 @@ class ColdStartModel(nn.Module):
     def item_tables(self) -> ItemTables:
         vectors = self.item_embedding + self.feature_projection(self.item_features)
         return ItemTables(vectors, self.item_bias, self.rating_embedding, self.rating_bias)
+
+    def draw_sample(self, counts: np.ndarray, seed: int) -> None:
+        """Fixes the inner step's item sample (when the catalogue is past the threshold):
+        items drawn without replacement with probability q ~ (count + 1)^0.75, and the
+        sampled softmax's correction -log(S q) on their logits, so the sample's partition
+        function stands in for the catalogue's. Fixed per model: the service's adaptation
+        stays a function of a user's history, on every replica."""
+        if not len(self.sample):
+            return
+        weights = (counts.astype(np.float64) + 1.0) ** 0.75
+        q = weights / weights.sum()
+        rng = np.random.default_rng(seed)
+        keys = np.log(q) + rng.gumbel(size=len(q))  # top-S of log q + Gumbel: S draws
+        chosen = np.sort(np.argpartition(-keys, len(self.sample) - 1)[: len(self.sample)])
+        with torch.no_grad():
+            self.sample.copy_(torch.from_numpy(chosen))
+            self.sample_correction.copy_(torch.from_numpy(-np.log(len(chosen) * q[chosen])))
+
+    def scored_tables(self, tables: ItemTables) -> ItemTables | None:
+        """The tables a user's inner step scores: the sample's rows with their logits
+        corrected, or None for the whole catalogue (`tables` itself)."""
+        if not len(self.sample):
+            return None
+        rows = self.sample
+        return ItemTables(
+            tables.vectors[rows],
+            tables.bias[rows] + self.sample_correction,
+            tables.rating_vectors[rows],
+            tables.rating_bias[rows],
+        )
 
     def rule(self) -> InnerRule:
         weight = self.config.rating_weight if self.has_ratings else 0.0
@@ -154,4 +202,8 @@ class ColdStartModel(nn.Module):
     def adapt(self, support: Support, first_order: bool = False) -> torch.Tensor:
         """(B, ...) support sets -> (B, d) adapted user vectors."""
         initial = self.initial_users(support.user_features)
-        return inner_loop(initial, self.item_tables(), support, self.rule(), first_order)
+        tables = self.item_tables()
+        scored = self.scored_tables(tables)
+        if scored is None:
+            return inner_loop(initial, tables, support, self.rule(), first_order)
+        return inner_loop(initial, scored, support, self.rule(), first_order, pulls=tables)

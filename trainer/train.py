@@ -193,6 +193,7 @@ def build_model(ctx: Context, config: ModelConfig) -> ColdStartModel:
     mean_rating = float(data.ratings[in_train].mean()) if data.ratings is not None else 0.0
     vectors = svd_item_vectors(data, train, config.dim) * config.svd_scale
     model.init_from_data(torch.from_numpy(np.log1p(counts)).float(), mean_rating, vectors)
+    model.draw_sample(counts, ctx.seed)
     return model
 
 

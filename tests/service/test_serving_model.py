@@ -13,10 +13,12 @@ from service.state import UserRecord
 from tests.helpers.tiny_model import write_tiny_model
 from trainer import artifact
 from trainer.data import load_dataset
+from trainer.episodes import make_context
 from trainer.evaluate import ColdStart, ColdStartNoProfile
 from trainer.model import ModelConfig
 from trainer.split import Support, user_feature_matrix
-from trainer.train import TrainConfig
+from trainer.synth import write_synthetic
+from trainer.train import TrainConfig, build_model
 
 
 def test_the_service_adapts_a_user_from_their_raw_profile_as_the_evaluation_scores_them(
@@ -94,3 +96,17 @@ def test_a_stored_profile_is_read_by_the_model_that_re_adapts_it(tmp_path: Path)
         np.testing.assert_allclose(model.vector(record, interactions), expected, rtol=1e-6)
     bare = without.adapt([without.interactions(history)])[0].numpy()
     np.testing.assert_allclose(without.vector(record, without.interactions(history)), bare)
+
+
+def test_a_model_without_user_features_adapts_users(tmp_path: Path) -> None:
+    """A data set with no user side file gives a model with no user features at all."""
+    write_synthetic(tmp_path / "data", n_users=40, n_items=30, seed=0)
+    (tmp_path / "data" / "users.csv").unlink()
+    data = load_dataset(tmp_path / "data")
+    model = build_model(make_context(data, 0, [0, 1], torch.device("cpu")), ModelConfig(dim=8))
+    artifact.save(model, data, tmp_path / "model", {"seed": 0})
+    served = ServingModel(artifact.load(tmp_path / "model"))
+    assert served.feature_names == []
+    adapted = served.adapt([[(1, None), (2, 4.0)], []])
+    assert adapted.shape == (2, 8)
+    torch.testing.assert_close(adapted[1], served.prior)
