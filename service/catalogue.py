@@ -27,12 +27,12 @@ from service.events import (
     BAD_VALUE,
     MAX_FEATURE_NAME_CHARS,
     MAX_FEATURE_VALUE_CHARS,
-    MAX_FEATURES,
     MAX_TS_MS,
     NOT_OBJECT,
     WRONG_TYPE,
     check_id,
     check_text,
+    feature_mapping,
     json_type,
 )
 
@@ -107,16 +107,8 @@ def item_from_mapping(document: object) -> ItemEntry:
 def check_item_features(features: object) -> dict[str, tuple[str, ...]]:
     """Feature names to their values: a string, or a list of strings for a multi-valued
     feature such as genre. The year must be one whole number."""
-    if features is None:
-        return {}
-    if not isinstance(features, Mapping):
-        raise InvalidEvent(WRONG_TYPE, f"features must be an object, got {json_type(features)}")
-    if len(features) > MAX_FEATURES:
-        raise InvalidEvent(
-            BAD_FEATURE, f"features has {len(features)} entries, more than {MAX_FEATURES}"
-        )
     checked = {}
-    for name, given in features.items():
+    for name, given in feature_mapping(features).items():
         check_text(BAD_FEATURE, "a feature name", name, MAX_FEATURE_NAME_CHARS)
         values = _values(name, given)
         if values:

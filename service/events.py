@@ -163,14 +163,7 @@ def check_feature_map(features: object) -> dict[str, str]:
     """A profile's features: at most MAX_FEATURES names of bounded length to bounded strings
     without control characters (the stored profile uses them as separators). An empty
     value is allowed: it removes the feature from a stored profile."""
-    if features is None:  # JSON null, as an absent map
-        return {}
-    if not isinstance(features, Mapping):
-        raise InvalidEvent(WRONG_TYPE, f"features must be an object, got {json_type(features)}")
-    if len(features) > MAX_FEATURES:
-        raise InvalidEvent(
-            BAD_FEATURE, f"features has {len(features)} entries, more than {MAX_FEATURES}"
-        )
+    features = feature_mapping(features)
     for name, value in features.items():
         if not isinstance(value, str):
             shown = name[:MAX_FEATURE_NAME_CHARS]
@@ -181,6 +174,19 @@ def check_feature_map(features: object) -> dict[str, str]:
         if value:
             check_text(BAD_FEATURE, f"feature {name!r}", value, MAX_FEATURE_VALUE_CHARS)
     return dict(features)
+
+
+def feature_mapping(features: object) -> Mapping:
+    """A features map of at most MAX_FEATURES entries, {} for JSON null (an absent map)."""
+    if features is None:
+        return {}
+    if not isinstance(features, Mapping):
+        raise InvalidEvent(WRONG_TYPE, f"features must be an object, got {json_type(features)}")
+    if len(features) > MAX_FEATURES:
+        raise InvalidEvent(
+            BAD_FEATURE, f"features has {len(features)} entries, more than {MAX_FEATURES}"
+        )
+    return features
 
 
 def check_key(event: Event, key: bytes | None) -> None:

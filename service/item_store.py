@@ -28,7 +28,10 @@ import redis
 from service.errors import ItemStateError, StoreError
 from service.state import ItemRecord
 from service.store import (
+    MODEL,
     REDIS_ERRORS,
+    STATE,
+    UPDATED,
     CasWriter,
     decode_watermarks,
     encode_watermarks,
@@ -36,6 +39,7 @@ from service.store import (
     joined,
     redis_calls,
     reply_error,
+    version_fields,
     whole_number,
 )
 
@@ -43,7 +47,7 @@ KEY_PREFIX = "coldstart:item:"
 CHANGES = "coldstart:items:changed"
 CHANGES_KEPT_MS = 3_600_000  # the feed keeps an hour of changes: a replica is never further behind
 CHUNK = "64"  # the user store's chunk size: the whole hash stays a compact listpack
-COUNT, PULLS, SUM, MODEL, STATE, WATERMARK, UPDATED = "n", "k", "v", "m", "s", "w", "t"
+COUNT, PULLS, SUM, WATERMARK = "n", "k", "v", "w"  # model, state, updated: the user store's
 
 
 def item_key(item_id: str) -> str:
@@ -63,12 +67,7 @@ def encode_item(record: ItemRecord) -> list[str | bytes]:
         str(record.count),
         PULLS,
         str(record.pulls),
-        MODEL,
-        record.model_version,
-        STATE,
-        str(record.state_version),
-        UPDATED,
-        str(record.updated_at_ms),
+        *version_fields(record.model_version, record.state_version, record.updated_at_ms),
     ]
 
 

@@ -137,13 +137,13 @@ def encode_record(record: UserRecord) -> list[str | bytes]:
         str(CHUNK),
         str(len(blobs) // 2),
         *blobs,
-        MODEL,
-        record.model_version,
-        STATE,
-        str(record.state_version),
-        UPDATED,
-        str(record.updated_at_ms),
+        *version_fields(record.model_version, record.state_version, record.updated_at_ms),
     ]
+
+
+def version_fields(model_version: str, state_version: int, updated_at_ms: int) -> list[str]:
+    """The plain fields every record carries: its model, state version and write time."""
+    return [MODEL, model_version, STATE, str(state_version), UPDATED, str(updated_at_ms)]
 
 
 def decode_record(user_id: str, fields: Mapping[bytes, bytes]) -> UserRecord:
