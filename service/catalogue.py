@@ -9,7 +9,9 @@ record is JSON (README, Items), one per item, keyed by item id on the compacted 
      "text": str, "available": bool, "ts": int (ms), "implicit": bool}
 A record states the item whole: its features and text replace the earlier ones.
 `implicit` marks a registration the service made at an item's first event; it never
-replaces a record that was given. Which feature names a model reads is the model's
+replaces a record that was given. It is keyed by the item id after a NUL byte
+(`implicit_key`; ids hold no control characters), so compaction keeps the item's last
+given record beside it whichever came last. Which feature names a model reads is the model's
 business (`ServingModel.item_columns`), so that check is a separate step.
 """
 
@@ -22,7 +24,6 @@ from dataclasses import dataclass, field
 from service.errors import InvalidEvent
 from service.events import (
     BAD_FEATURE,
-    BAD_JSON,
     BAD_TS,
     BAD_VALUE,
     MAX_FEATURE_NAME_CHARS,
@@ -34,9 +35,9 @@ from service.events import (
     check_text,
     feature_mapping,
     json_type,
+    read_json,
 )
 
-MAX_ITEM_BYTES = 64 * 1024  # a record value larger than this is refused unread
 MAX_TEXT_CHARS = 10_000  # an item's title and description; the encoder reads the first 2,000
 MAX_VALUES = 64  # values of one multi-valued feature
 YEAR = "year"  # the one numeric item feature: a release year, read as its decade
@@ -72,19 +73,14 @@ class ItemEntry:
         return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def implicit_key(item_id: str) -> bytes:
+    """The items-topic key of an implicit registration: never an item's own key."""
+    return b"\x00" + item_id.encode()
+
+
 def parse_item(value: bytes | None) -> ItemEntry:
     """The entry of an items-topic record, or InvalidEvent saying what is wrong."""
-    if value is None or not value.strip():
-        raise InvalidEvent("empty_record", "the record has no value")
-    if len(value) > MAX_ITEM_BYTES:
-        raise InvalidEvent(
-            "payload_too_large", f"{len(value)} bytes, more than the limit of {MAX_ITEM_BYTES}"
-        )
-    try:
-        document = json.loads(value)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise InvalidEvent(BAD_JSON, f"not JSON: {error}") from None
-    return item_from_mapping(document)
+    return item_from_mapping(read_json(value))
 
 
 def item_from_mapping(document: object) -> ItemEntry:

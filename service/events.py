@@ -92,19 +92,24 @@ class Event:
 def parse_event(value: bytes | None, record_ts: int | None = None) -> Event:
     """One record value -> an Event; raises InvalidEvent saying what is wrong. `record_ts`
     (the Kafka record's timestamp) stands in for an absent ts."""
-    if not value:
+    return event_from_mapping(read_json(value), record_ts)
+
+
+def read_json(value: bytes | None) -> object:
+    """A record value's JSON document; InvalidEvent when it is empty, too large or not
+    JSON. The one reading of events and of the items topic's records."""
+    if not value or not value.strip():
         raise InvalidEvent(EMPTY, "the record has no value")
     if len(value) > MAX_PAYLOAD_BYTES:
         raise InvalidEvent(
             TOO_LARGE, f"payload of {len(value)} bytes is over the {MAX_PAYLOAD_BYTES} byte limit"
         )
     try:
-        document = json.loads(value)
+        return json.loads(value)
     except (UnicodeDecodeError, ValueError) as error:
         raise InvalidEvent(BAD_JSON, f"not valid UTF-8 JSON: {error}") from None
     except RecursionError:
         raise InvalidEvent(BAD_JSON, "JSON nested too deeply to parse") from None
-    return event_from_mapping(document, record_ts)
 
 
 def event_from_mapping(document: object, record_ts: int | None = None) -> Event:

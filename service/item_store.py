@@ -106,9 +106,8 @@ class ItemStore:
         self.writer = CasWriter(client)
 
     def get_many(self, item_ids: Iterable[str]) -> dict[str, ItemRecord]:
-        """The stored records of the items that have one, in one round trip. An unreadable
-        record is left out (and logged by the caller's count): an item's warm-up is
-        advisory, and one bad record must not stop the catalogue."""
+        """The stored records of the items that have one, in one round trip; an unreadable
+        one raises ItemStateError naming its item (the caller sets it aside)."""
         ids = list(dict.fromkeys(item_ids))
         pipe = self.client.pipeline(transaction=False)
         for item_id in ids:
@@ -141,6 +140,9 @@ class ItemStore:
             return self.writer.write(writes, after=stamp if records else None)
         except StoreError as error:  # the item's key holds something other than a hash
             raise _unreadable(error.user_id, error) from None
+
+    def close(self) -> None:
+        self.client.close()
 
     def changed_since(self, since_ms: int) -> list[str]:
         """Ids of the items written at or after `since_ms` (by the writers' clocks)."""

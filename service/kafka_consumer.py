@@ -26,7 +26,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from service.applier import EventApplier, SourcedEvent
-from service.catalogue import ItemEntry
+from service.catalogue import ItemEntry, implicit_key
 from service.dead_letters import DeadLetters
 from service.errors import (
     ConflictError,
@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 MAX_REGISTERED_KEPT = 100_000  # ids registered at their first event, remembered until known
 
 
-def _listening(bootstrap: str, timeout_s: float) -> bool:
+def listening(bootstrap: str, timeout_s: float) -> bool:
     """Whether any "host:port" of `bootstrap` accepts a TCP connection (host may be an
     [IPv6] literal)."""
     for address in bootstrap.split(","):
@@ -151,7 +151,7 @@ class EventConsumer:
         one per attempt. A broker that listens but refuses the client (TLS, SASL) still
         fails connect(), loudly."""
         while not self._stopping.is_set():
-            if _listening(self.config.bootstrap, timeout_s=2.0):
+            if listening(self.config.bootstrap, timeout_s=2.0):
                 self._backoff_s = 0.0
                 self.connect()
                 return
@@ -260,19 +260,21 @@ class EventConsumer:
         no replica will ever hear of."""
         if self._registrations is None:
             return
-        model, checks = self.applier.model, []
+        model, checks = self.applier.model, {}
         for sourced in valid:
             item_id = sourced.event.item_id
-            if model.knows(item_id) or item_id in self._registered:
+            if model.knows(item_id) or item_id in self._registered or item_id in checks:
                 continue
             entry = ItemEntry(item_id, ts=sourced.event.ts or now_ms(), implicit=True)
-            checks.append(self._registrations.send_record(item_id.encode(), entry.to_json()))
-            self._registered.add(item_id)
-            self.observer.on_item_registered(implicit=True)
+            key = implicit_key(item_id)
+            checks[item_id] = self._registrations.send_record(key, entry.to_json())
         if checks:
             self._registrations.flush()
-            for check in checks:
-                check()
+            for check in checks.values():
+                check()  # a refusal raises: the batch is retried, these registrations too
+            self._registered.update(checks)
+            for _ in checks:
+                self.observer.on_item_registered(implicit=True)
         if len(self._registered) > MAX_REGISTERED_KEPT:
             self._registered = {i for i in self._registered if not model.knows(i)}
 

@@ -66,13 +66,18 @@ class LiveCatalogue:
     def apply(self, entry: ItemEntry, record_ts: int) -> bool:
         """Takes one record of the items topic; False when it changes nothing (an implicit
         registration of an item already known). `record_ts` stands in for an absent ts."""
-        if entry.implicit and entry.item_id in self.entries:
-            return False
-        self.entries[entry.item_id] = entry
-        self.registered_ms.setdefault(entry.item_id, entry.ts or record_ts)
-        return True
+        with self._lock:  # publish may run on another thread (a model swap)
+            if entry.implicit and entry.item_id in self.entries:
+                return False
+            self.registered_ms.setdefault(entry.item_id, entry.ts or record_ts)
+            self.entries[entry.item_id] = entry
+            return True
 
     def apply_records(self, records: Iterable[ItemRecord]) -> None:
+        with self._lock:
+            self._apply_records(records)
+
+    def _apply_records(self, records: Iterable[ItemRecord]) -> None:
         for record in records:
             stored = self.records.get(record.item_id)
             if stored is None or record.state_version > stored.state_version:

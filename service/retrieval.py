@@ -52,7 +52,8 @@ class ItemIndex:
     @classmethod
     def for_size(cls, vectors: np.ndarray, bias: np.ndarray, probes: int) -> ItemIndex:
         """An index with about 2 sqrt(I) lists: a million items in 2,000 lists of 500."""
-        return cls(vectors, bias, max(1, int(2 * math.sqrt(len(vectors)))), probes)
+        lists = min(len(vectors), max(1, int(2 * math.sqrt(len(vectors)))))
+        return cls(vectors, bias, lists, probes)
 
     def search(self, vector: np.ndarray, n: int) -> np.ndarray:
         """The indices of (about) the n items of largest u . v + b, best first."""

@@ -45,8 +45,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 MAX_SUPPORT_SIZE = 10_000  # far beyond any history the protocol can split
-# synth holds a few dense (users, items) float64 matrices: this keeps each to 400 MB
-MAX_SYNTH_CELLS = 50_000_000
+# synth holds every interaction (80 at most per user) and every item's latent vector
+MAX_SYNTH_USERS, MAX_SYNTH_ITEMS = 2_000_000, 20_000_000
 
 
 def _bounded(text: str, limit: int) -> int:
@@ -140,10 +140,11 @@ def cmd_synth(args: argparse.Namespace) -> None:
     _refuse_file(args.out)
     if args.users < 1 or args.items < 1:
         raise ColdstartError(f"--users and --items must be >= 1, got {args.users} and {args.items}")
-    if args.users * args.items > MAX_SYNTH_CELLS:
+    if args.users > MAX_SYNTH_USERS or args.items > MAX_SYNTH_ITEMS:
         raise ColdstartError(
-            f"--users x --items is at most {MAX_SYNTH_CELLS:,} (synth holds dense users x items "
-            f"matrices), got {args.users:,} x {args.items:,}"
+            f"--users is at most {MAX_SYNTH_USERS:,} and --items at most {MAX_SYNTH_ITEMS:,} "
+            f"(synth holds every interaction and item in memory), got {args.users:,} and "
+            f"{args.items:,}"
         )
     _out_dir(args.out)
     write_synthetic(args.out, args.users, args.items, args.seed)
@@ -286,12 +287,11 @@ def _artifact_seeds(loaded: artifact.Artifact, requested: list[int] | None) -> l
 def add_commands(commands: argparse._SubParsersAction) -> None:
     synth = commands.add_parser("synth", help="write a synthetic data set (generic CSV layout)")
     synth.add_argument("--out", required=True, type=Path, help="directory to write")
-    synth.add_argument("--users", type=int, default=600, help="default %(default)s")
     synth.add_argument(
-        "--items",
-        type=int,
-        default=300,
-        help=f"default %(default)s; users x items is at most {MAX_SYNTH_CELLS:,}",
+        "--users", type=int, default=600, help=f"default %(default)s; at most {MAX_SYNTH_USERS:,}"
+    )
+    synth.add_argument(
+        "--items", type=int, default=300, help=f"default %(default)s; at most {MAX_SYNTH_ITEMS:,}"
     )
     synth.add_argument("--seed", type=seed_flag, default=0, help="default %(default)s")
     synth.set_defaults(run=cmd_synth)

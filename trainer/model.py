@@ -137,20 +137,24 @@ class ColdStartModel(nn.Module):
 
     def draw_sample(self, counts: np.ndarray, seed: int) -> None:
         """Fixes the inner step's item sample (when the catalogue is past the threshold):
-        items drawn without replacement with probability q ~ (count + 1)^0.75, and the
-        sampled softmax's correction -log(S q) on their logits, so the sample's partition
-        function stands in for the catalogue's. Fixed per model: the service's adaptation
-        stays a function of a user's history, on every replica."""
-        if not len(self.sample):
+        S items drawn without replacement with probability q ~ (count + 1)^0.75, and the
+        sampled softmax's correction -log(pi) on their logits, pi being each item's chance
+        to be in the sample (_inclusion), so the sample's partition function stands in
+        for the catalogue's. Fixed per
+        model: the service's adaptation stays a function of a user's history, on every
+        replica."""
+        size = len(self.sample)
+        if not size:
             return
         weights = (counts.astype(np.float64) + 1.0) ** 0.75
         q = weights / weights.sum()
         rng = np.random.default_rng(seed)
         keys = np.log(q) + rng.gumbel(size=len(q))  # top-S of log q + Gumbel: S draws
-        chosen = np.sort(np.argpartition(-keys, len(self.sample) - 1)[: len(self.sample)])
+        chosen = np.sort(np.argpartition(-keys, size - 1)[:size])
+        included = _inclusion(q, size)[chosen]
         with torch.no_grad():
             self.sample.copy_(torch.from_numpy(chosen))
-            self.sample_correction.copy_(torch.from_numpy(-np.log(len(chosen) * q[chosen])))
+            self.sample_correction.copy_(torch.from_numpy(-np.log(included)))
 
     def scored_tables(self, tables: ItemTables) -> ItemTables | None:
         """The tables a user's inner step scores: the sample's rows with their logits
@@ -207,3 +211,20 @@ class ColdStartModel(nn.Module):
         if scored is None:
             return inner_loop(initial, tables, support, self.rule(), first_order)
         return inner_loop(initial, scored, support, self.rule(), first_order, pulls=tables)
+
+
+def _inclusion(q: np.ndarray, size: int) -> np.ndarray:
+    """Each item's chance to be among `size` drawn without replacement by q: the Poisson
+    approximation 1 - exp(-t q), with t such that the chances sum to `size` (1 for every
+    item when `size` covers the catalogue, and near 1 for items that would be drawn
+    more than once with replacement)."""
+    if size >= len(q):
+        return np.ones_like(q)
+    low, high = 0.0, float(size) / q.min()
+    for _ in range(100):  # bisection on t: the sum of chances grows with it
+        middle = (low + high) / 2
+        if -np.expm1(-middle * q).sum() < size:
+            low = middle
+        else:
+            high = middle
+    return -np.expm1(-high * q)

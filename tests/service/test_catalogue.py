@@ -9,7 +9,7 @@ import pytest
 from service import catalogue
 from service.catalogue import ItemEntry, parse_item
 from service.errors import InvalidEvent
-from service.events import BAD_ID, BAD_VALUE, WRONG_TYPE
+from service.events import BAD_ID, BAD_VALUE, MAX_PAYLOAD_BYTES, WRONG_TYPE
 
 
 def record(**fields: object) -> bytes:
@@ -48,10 +48,12 @@ def test_a_bad_record_is_refused_with_a_reason_and_a_message(
 
 
 def test_unreadable_bytes_are_refused_not_raised() -> None:
-    for raw, reason in ((b"", "empty_record"), (b"{", "bad_json"), (b"\xff", "bad_json")):
+    nested = b"[" * 60_000  # under the size limit, too deep for the parser's recursion
+    cases = ((b"", "empty_record"), (b"{", "bad_json"), (b"\xff", "bad_json"), (nested, "bad_json"))
+    for raw, reason in cases:
         with pytest.raises(InvalidEvent) as refused:
             parse_item(raw)
         assert refused.value.reason == reason
     with pytest.raises(InvalidEvent) as refused:
-        parse_item(b" " * (catalogue.MAX_ITEM_BYTES + 1) + b"{}")
+        parse_item(b" " * (MAX_PAYLOAD_BYTES + 1) + b"{}")
     assert refused.value.reason == "payload_too_large"

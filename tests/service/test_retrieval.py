@@ -60,7 +60,8 @@ def test_a_top_k_through_the_index_is_the_exact_one(
             assert scores[model.item_index[item]] == pytest.approx(score, rel=1e-5)
 
 
-def test_retired_items_never_come_back_and_registered_ones_join(indexed: ServingModel) -> None:
+def test_retired_items_never_come_back_and_registered_ones_join(model_dir) -> None:  # type: ignore[no-untyped-def]
+    indexed = ServingModel(artifact.load(model_dir), Retrieval(index_from=10, probes=1000))
     catalogue = LiveCatalogue()
     catalogue.apply(ItemEntry("launch", {"genre": ("Drama",)}, ts=1), record_ts=0)
     vector = np.random.default_rng(3).normal(size=indexed.dim).astype(np.float32)

@@ -196,7 +196,7 @@ def test_support_sizes_are_taken_in_ascending_order() -> None:
 def test_synth_refuses_a_size_it_could_not_hold(tmp_path: Path, capsys) -> None:
     args = ["synth", "--out", str(tmp_path / "d"), "--users", str(10**12), "--items", "50"]
     assert main(args) == 2
-    assert "--users x --items is at most 50,000,000" in capsys.readouterr().err
+    assert "--users is at most 2,000,000 and --items at most 20,000,000" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 

@@ -14,7 +14,7 @@ from trainer import artifact
 from trainer.adapt import inner_loop
 from trainer.errors import ArtifactError
 from trainer.items import add_unseen_items
-from trainer.model import ModelConfig
+from trainer.model import ColdStartModel, ModelConfig
 from trainer.split import Support
 from trainer.train import build_model
 
@@ -86,7 +86,23 @@ def test_a_sample_naming_items_outside_the_catalogue_is_refused(
     artifact.save(model, ctx.data, tmp_path / "model", {"seed": 0})
     with pytest.raises(ArtifactError, match="sample names items outside the catalogue"):
         artifact.load(tmp_path / "model")
-    assert np.isfinite(model.sample_correction.numpy()).all()
+
+
+def test_the_correction_weighs_the_sample_up_to_the_catalogue() -> None:
+    """Each sampled item stands for 1/pi items: summed over the sample, about the whole
+    catalogue; a sample that covers the catalogue is not reweighted at all."""
+    counts = np.random.default_rng(0).zipf(1.5, 2000).astype(float)
+    model = ColdStartModel(
+        ModelConfig(dim=8, sampled_from_items=1, sampled_items=400), 2000, None, [], False
+    )
+    model.draw_sample(counts, seed=0)
+    stands_for = np.exp(model.sample_correction.numpy()).sum()
+    assert 0.8 * 2000 < stands_for < 1.25 * 2000
+    whole = ColdStartModel(
+        ModelConfig(dim=8, sampled_from_items=1, sampled_items=5000), 2000, None, [], False
+    )
+    whole.draw_sample(counts, seed=0)
+    assert len(whole.sample) == 2000 and not whole.sample_correction.any()
 
 
 def test_unseen_items_that_take_the_catalogue_past_the_size_draw_a_sample(

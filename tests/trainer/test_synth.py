@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trainer import synth
 from trainer.data import Dataset, load_dataset
 from trainer.synth import GENRES, MAX_EVENTS, MIN_EVENTS, write_synthetic
 
@@ -88,3 +89,16 @@ def test_a_single_interaction_gets_a_rating(tmp_path: Path) -> None:
     write_synthetic(tmp_path, 1, 1, seed=0)
     data = load_dataset(tmp_path)  # a NaN rating would be refused as not finite
     assert data.ratings.tolist() in ([1.0], [2.0], [3.0], [4.0], [5.0])
+
+
+def test_past_the_dense_size_a_candidate_draw_keeps_the_structure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catalogue too large to score whole draws each user's items from candidates: the
+    data keep their shape (distinct items, time order) and their planted taste."""
+    monkeypatch.setattr(synth, "DENSE_CELLS", 0)
+    write_synthetic(tmp_path, N_USERS, N_ITEMS, seed=0)
+    data = load_dataset(tmp_path)
+    test_each_user_has_distinct_items_in_increasing_time(data)
+    test_genres_follow_taste(data)
+    test_occupation_predicts_taste(data)
