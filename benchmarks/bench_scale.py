@@ -18,6 +18,8 @@ index (service/retrieval.py). Measured in this process, one thread:
 - adapt_users_per_s: users re-adapted per second (CPU), 256 at a time on 50-event
   histories, with the model's inner step: the whole catalogue scored below 100,000
   items, a fixed 4,096-item sample from there (`ModelConfig.sampled_from_items`);
+- train_step_ms: one meta-training step (64 episodes of random 20-item histories:
+  adapt, the query loss, its gradient, Adam's update), median wall time of ROUNDS;
 - rss_mib of this process after each size's model.
 
     python benchmarks/bench_scale.py [--sizes 10000,1000000] [--probes 8,16,24,32,64]
@@ -47,6 +49,8 @@ from service.state import UserRecord
 from service.store import UserStore
 from trainer.artifact import Artifact
 from trainer.model import ColdStartModel, ModelConfig
+from trainer.split import Support
+from trainer.train import Query, TrainConfig, query_loss
 
 DIM = 64
 CENTRES = 256
@@ -68,11 +72,53 @@ def item_table(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return vectors, bias, centres
 
 
-def serving_model(vectors: np.ndarray, bias: np.ndarray) -> tuple[ServingModel, float]:
+def trained_model(vectors: np.ndarray, bias: np.ndarray) -> ColdStartModel:
+    """A model with this item table (ratings off), its inner-step sample drawn."""
     model = ColdStartModel(ModelConfig(dim=DIM), len(vectors), None, [], False)
     with torch.no_grad():
         model.item_embedding.copy_(torch.from_numpy(vectors))
         model.item_bias.copy_(torch.from_numpy(bias))
+    model.draw_sample(np.exp(bias), seed=0)  # a Zipf popularity: e^bias is 1 / rank
+    return model
+
+
+def train_step_ms(model: ColdStartModel, rounds: int) -> float:
+    """Median wall ms of one meta-training step (TrainConfig's users_per_step episodes of
+    random 20-item histories, 5 support events each, adapted, the query loss, its
+    gradient and Adam's update), as meta_train runs it."""
+    users, size = TrainConfig().users_per_step, len(model.item_bias)
+    generator = torch.Generator().manual_seed(0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    times = []
+    for _ in range(rounds + 1):  # the first builds Adam's state: not timed
+        items = torch.randint(0, size, (users, 20), generator=generator)
+        support = Support(
+            items[:, :5],
+            torch.ones(users, 5),
+            torch.zeros(users, 5),
+            torch.zeros(users, 5),
+            torch.zeros(users, 0, dtype=torch.long),
+        )
+        rows = torch.arange(users).repeat_interleave(15)
+        query = Query(
+            rows,
+            items[:, 5:].reshape(-1),
+            torch.full((users * 15,), 1 / 15),
+            *support.events(),
+            None,
+            users,
+        )
+        clock = time.perf_counter()
+        loss = query_loss(model, model.adapt(support), query)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        times.append((time.perf_counter() - clock) * 1000)
+    return statistics.median(times[1:])
+
+
+def serving_model(vectors: np.ndarray, bias: np.ndarray) -> tuple[ServingModel, float]:
+    model = trained_model(vectors, bias)
     manifest = {
         "model_version": f"scale-{len(vectors)}",
         "item_ids": [str(i) for i in range(len(vectors))],
@@ -81,7 +127,6 @@ def serving_model(vectors: np.ndarray, bias: np.ndarray) -> tuple[ServingModel, 
         "user_feature_brackets": {},
         "item_feature_names": [],
     }
-    model.draw_sample(np.exp(bias), seed=0)  # a Zipf popularity: e^bias is 1 / rank
     clock = time.perf_counter()
     served = ServingModel(Artifact(model, manifest), Retrieval())
     return served, time.perf_counter() - clock
@@ -170,6 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "top_k_cpu_ratio": round(large["top_k_cpu_ms"] / small["top_k_cpu_ms"], 3),
         "recommend_cpu_ratio": round(large["recommend_cpu_ms"] / small["recommend_cpu_ms"], 3),
         "adapt_rate_ratio": round(large["adapt_users_per_s"] / small["adapt_users_per_s"], 3),
+        "train_step_ratio": round(large["train_step_ms"] / small["train_step_ms"], 3),
         "queries": args.queries,
         "rounds": args.rounds,
         "dim": DIM,
@@ -180,6 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def measure(size: int, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
     """Everything measured at one catalogue size."""
     vectors, bias, centres = item_table(size, seed=0)
+    step_ms = train_step_ms(trained_model(vectors, bias), args.rounds)
     model, load_s = serving_model(vectors, bias)
     del vectors, bias  # the model holds its own copy
     users = queries(centres, args.queries, seed=1)
@@ -190,6 +237,7 @@ def measure(size: int, redis_url: str, args: argparse.Namespace) -> dict[str, An
         "recommend_cpu_ms": round(recommend_cpu(model, users, redis_url, args.rounds), 4),
         "inner_step_sample": model.inner_sample,
         "adapt_users_per_s": round(adapt_users_per_s(model, args.rounds), 1),
+        "train_step_ms": round(step_ms, 1),
         "rss_mib": rss_mib(os.getpid()),
     }
     if isinstance(model.index, ItemIndex):

@@ -42,7 +42,8 @@ class ModelConfig:
     item_start_width: int = 256  # hidden units of the new-item start generator
     reference_users: int = 1024  # the users a new item's step scores it against
     # From this catalogue size, a user's inner step scores a fixed sample of items (drawn by
-    # popularity, corrected by it) instead of the whole catalogue; 1 forces it on any size.
+    # popularity, corrected by it) instead of the whole catalogue, and meta-training's query
+    # loss a fresh uniform sample of as many per step; 1 forces it on any size.
     sampled_from_items: int = 100_000
     sampled_items: int = 4096  # the sample's size
 

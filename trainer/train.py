@@ -88,13 +88,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Query:
-    """Dense query targets of a batch of episodes."""
+    """Query targets of a batch of episodes, one entry per interaction: the loss makes
+    (B, I) masks of them only where it scores the whole catalogue."""
 
-    weights: torch.Tensor  # (B, I) 1/|Q| on each query item, else 0
-    hidden: torch.Tensor  # (B, I) bool, True on support items (excluded from ranking)
     rows: torch.Tensor  # (Nq,) batch row of each query interaction
     items: torch.Tensor  # (Nq,) its item
+    weights: torch.Tensor  # (Nq,) 1/|Q| of its row: each row's query weighs 1
+    hidden_rows: torch.Tensor  # (Ns,) batch row of each support interaction
+    hidden_items: torch.Tensor  # (Ns,) its item, excluded from the row's ranking
     ratings: torch.Tensor | None  # (Nq,) its rating, None for implicit data
+    batch: int  # B, the number of episodes
 
 
 def episode_histories(ctx: Context, batch: np.ndarray, rng: np.random.Generator) -> Sequences:
@@ -133,14 +136,12 @@ def sample_episodes(
     query_rows, flat = positions_after(seqs, rows, ks)
     items = torch.from_numpy(seqs.items[flat])
     rows_t = torch.from_numpy(query_rows)
-    weights = torch.zeros(len(batch), ctx.data.n_items)
-    weights[rows_t, items] = torch.from_numpy(1.0 / counts[query_rows]).float()
-    hidden = torch.zeros(len(batch), ctx.data.n_items, dtype=torch.bool)
-    hidden[support.events()] = True
+    weights = torch.from_numpy(1.0 / counts[query_rows]).float()
+    hidden_rows, hidden_items = support.events()
     query_ratings = None
     if seqs.ratings is not None:
         query_ratings = torch.from_numpy(seqs.ratings[flat]).float()
-    query = Query(weights, hidden, rows_t, items, query_ratings)
+    query = Query(rows_t, items, weights, hidden_rows, hidden_items, query_ratings, len(batch))
     return support, query
 
 
@@ -167,16 +168,62 @@ def query_loss(
     'accidental hits' for the same reason). `tables` replaces the model's own: those with
     some items started cold."""
     tables = model.item_tables() if tables is None else tables
-    logits = scores(users, tables)  # (B, I)
-    touched = query.hidden | (query.weights > 0)
-    untouched = torch.logsumexp(logits.masked_fill(touched, -1e9), dim=1, keepdim=True)
-    # -log(e^s / (e^s + e^untouched)) for each query item s; weights are 1/|Q| on those.
-    loss = (query.weights * F.softplus(untouched - logits)).sum(1).mean()
+    sampled = len(model.sample) > 0
+    if not sampled:
+        loss = _catalogue_loss(users, tables, query)
+    else:
+        loss = _sampled_loss(users, tables, _negatives(len(tables.bias), len(model.sample)), query)
     weight = model.rule().rating_weight
     if weight and query.ratings is not None:
-        predicted = ratings(users, tables)[query.rows, query.items]  # (Nq,)
+        if not sampled:
+            predicted = ratings(users, tables)[query.rows, query.items]  # (Nq,)
+        else:  # no (B, I) product past the sample's size
+            predicted = (users[query.rows] * tables.rating_vectors[query.items]).sum(1)
+            predicted = predicted + tables.rating_bias[query.items]
         loss = loss + weight * ((predicted - query.ratings) ** 2).mean()
     return loss
+
+
+def _catalogue_loss(users: torch.Tensor, tables: ItemTables, query: Query) -> torch.Tensor:
+    """The query loss against every untouched item of the catalogue."""
+    logits = scores(users, tables)  # (B, I)
+    weights = torch.zeros_like(logits)
+    weights[query.rows, query.items] = query.weights
+    hidden = torch.zeros_like(logits, dtype=torch.bool)
+    hidden[query.hidden_rows, query.hidden_items] = True
+    touched = hidden | (weights > 0)
+    untouched = torch.logsumexp(logits.masked_fill(touched, -1e9), dim=1, keepdim=True)
+    # -log(e^s / (e^s + e^untouched)) for each query item s; weights are 1/|Q| on those.
+    return (weights * F.softplus(untouched - logits)).sum(1).mean()
+
+
+def _negatives(n_items: int, size: int) -> torch.Tensor:
+    """A fresh uniform sample of items for one step's query loss. Unlike the inner step's
+    fixed sample, a fixed set here would never push down the items outside it."""
+    return torch.randperm(n_items)[:size]
+
+
+def _sampled_loss(
+    users: torch.Tensor, tables: ItemTables, sample: torch.Tensor, query: Query
+) -> torch.Tensor:
+    """The query loss against a uniform item sample in place of the catalogue, each
+    sampled logit raised by log(I / S) (each item's chance to be drawn is S / I): the
+    untouched part of each row's softmax is the sample's, less the row's own support
+    and query items."""
+    sample = sample.to(users.device)
+    n_items = len(tables.bias)
+    bias = tables.bias[sample] + math.log(n_items / len(sample))
+    logits = torch.mm(users, tables.vectors[sample].T).add_(bias)  # (B, S)
+    position = torch.full((n_items,), -1, dtype=torch.long, device=users.device)
+    position[sample] = torch.arange(len(sample), device=users.device)
+    touched = torch.zeros_like(logits, dtype=torch.bool)
+    for rows, items in ((query.rows, query.items), (query.hidden_rows, query.hidden_items)):
+        at = position[items]
+        inside = at >= 0
+        touched[rows[inside], at[inside]] = True
+    untouched = torch.logsumexp(logits.masked_fill(touched, -1e9), dim=1)  # (B,)
+    asked = (users[query.rows] * tables.vectors[query.items]).sum(1) + tables.bias[query.items]
+    return (query.weights * F.softplus(untouched[query.rows] - asked)).sum() / query.batch
 
 
 def build_model(ctx: Context, config: ModelConfig) -> ColdStartModel:
@@ -338,5 +385,5 @@ def calibrate_step(model: ColdStartModel, ctx: Context) -> dict:
 
 
 def query_to(query: Query, device: torch.device) -> Query:
-    moved = {k: (v.to(device) if v is not None else None) for k, v in vars(query).items()}
+    moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in vars(query).items()}
     return Query(**moved)

@@ -16,7 +16,7 @@ from trainer.errors import ArtifactError
 from trainer.items import add_unseen_items
 from trainer.model import ColdStartModel, ModelConfig
 from trainer.split import Support
-from trainer.train import build_model
+from trainer.train import TrainConfig, build_model, query_loss, sample_episodes
 
 SAMPLED = ModelConfig(dim=8, sampled_from_items=1, sampled_items=12)
 
@@ -114,3 +114,23 @@ def test_unseen_items_that_take_the_catalogue_past_the_size_draw_a_sample(
     width = model.item_features.shape[1]
     grown = add_unseen_items(model, torch.zeros(10, width), torch.zeros(10, 0))
     assert len(grown.sample) == 12 and int(grown.sample.max()) < 50
+
+
+def test_a_sample_of_the_whole_catalogue_gives_the_catalogue_s_query_loss(
+    synthetic_context,
+) -> None:
+    """Past the size the query loss scores the sample; a sample of every item, weighed 1
+    each, must then give exactly the loss over the catalogue."""
+    ctx = synthetic_context(60, 40, [0, 1, 3])
+    config = TrainConfig(users_per_step=16, max_support=5)
+    support, query = sample_episodes(ctx, ctx.split.train, config, np.random.default_rng(0))
+    whole = build_model(ctx, ModelConfig(dim=8))
+    sampled = build_model(ctx, ModelConfig(dim=8, sampled_from_items=1, sampled_items=40))
+    assert len(sampled.sample) == 40 and not sampled.sample_correction.any()
+    state = whole.state_dict()
+    state["sample"], state["sample_correction"] = sampled.sample, sampled.sample_correction
+    sampled.load_state_dict(state)  # the same weights: only the sample differs
+    users = whole.adapt(support).detach()
+    torch.testing.assert_close(
+        query_loss(sampled, users, query), query_loss(whole, users, query), rtol=1e-5, atol=1e-6
+    )

@@ -132,13 +132,14 @@ def test_episodes_draw_a_fresh_order_of_each_history_where_the_data_has_no_time(
 def test_an_episode_splits_each_history_into_support_and_query(untimed) -> None:
     config = TrainConfig(users_per_step=64, max_support=5)
     support, query = sample_episodes(untimed, untimed.split.train, config, np.random.default_rng(1))
-    torch.testing.assert_close(query.weights.sum(1), torch.ones(64))
+    per_row = torch.zeros(64).index_add_(0, query.rows, query.weights)
+    torch.testing.assert_close(per_row, torch.ones(64))
+    assert query.batch == 64
     for row in range(64):
         shown = set(support.items[row][support.mask[row] > 0].tolist())
-        asked = set(query.items[query.rows == row].tolist())
-        assert not shown & asked
-        assert shown == set(torch.nonzero(query.hidden[row]).flatten().tolist())
-        assert (query.weights[row] > 0).sum() == len(asked)
+        asked = query.items[query.rows == row].tolist()
+        assert not shown & set(asked) and len(set(asked)) == len(asked)
+        assert shown == set(query.hidden_items[query.hidden_rows == row].tolist())
 
 
 def test_a_catalogue_smaller_than_dim_starts_the_missing_components_at_zero(ctx) -> None:
@@ -173,9 +174,15 @@ def test_the_query_loss_ranks_each_query_item_against_the_untouched_items_only(u
         model.item_embedding.zero_()
         model.item_bias.zero_()
         model.item_bias[[0, 2]] = torch.tensor([2.0, 5.0])
-    weights, hidden = torch.zeros(1, n), torch.zeros(1, n, dtype=torch.bool)
-    weights[0, [0, 1]], hidden[0, 2] = 0.5, True
-    query = Query(weights, hidden, torch.tensor([0, 0]), torch.tensor([0, 1]), None)
+    query = Query(
+        rows=torch.tensor([0, 0]),
+        items=torch.tensor([0, 1]),
+        weights=torch.tensor([0.5, 0.5]),
+        hidden_rows=torch.tensor([0]),
+        hidden_items=torch.tensor([2]),
+        ratings=None,
+        batch=1,
+    )
     untouched = math.log(n - 3)
     expected = (math.log1p(math.exp(untouched - 2.0)) + math.log1p(math.exp(untouched))) / 2
     loss = query_loss(model, torch.zeros(1, 8), query)
