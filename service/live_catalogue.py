@@ -122,7 +122,7 @@ class LiveCatalogue:
                 if not e.available and i in model.item_index
             ]
             retired += [size + row for row, entry in enumerate(live) if not entry.available]
-            vectors, bias = model.with_rows(rows)
+            vectors, bias, first = model.with_rows(rows)
             model.live = LiveItems(
                 ids=ids,
                 index={item_id: row for row, item_id in enumerate(ids)},
@@ -131,6 +131,7 @@ class LiveCatalogue:
                 registered_ms=np.array([self.registered_ms[i] for i in ids], np.int64),
                 hidden=np.array(sorted(retired), np.intp),
                 hidden_set=frozenset(retired),
+                first=first,
             )
 
     def _built_rows(self, model: ServingModel, live: list[ItemEntry]) -> np.ndarray:

@@ -175,12 +175,15 @@ class ServingModel:
         hot[[self.item_columns[c] for c in columns if c in self.item_columns]] = 1.0
         return hot
 
-    def with_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The scoring table with live rows (L, d + 1) after the trained ones: (I + L, d)
-        vectors and (I + L,) biases."""
-        return np.concatenate([self._vectors, rows[:, :-1]]), np.concatenate(
-            [self._bias, rows[:, -1]]
-        )
+    def with_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """The scoring table of live rows (L, d + 1): vectors, biases, and the combined index
+        of its first row. Where every top-k scores every item, the trained rows then the
+        live ones, scored in one product; with an index, the live rows alone (no copy of
+        a large catalogue per change)."""
+        if self.index is not None:
+            return np.ascontiguousarray(rows[:, :-1]), rows[:, -1].copy(), len(self.item_ids)
+        vectors = np.concatenate([self._vectors, rows[:, :-1]])
+        return vectors, np.concatenate([self._bias, rows[:, -1]]), 0
 
     def item_rows(
         self, hot: np.ndarray, text: np.ndarray, pulls: np.ndarray, sums: np.ndarray
@@ -317,9 +320,27 @@ class ServingModel:
         """(d,) -> (I + L,) float32 scores over the trained catalogue, then the live rows
         (the model's current ones when `live` is None)."""
         live = self.live if live is None else live
-        scores = live.vectors @ np.asarray(vector, dtype=np.float32)
+        vector = np.asarray(vector, dtype=np.float32)
+        scores = live.vectors @ vector
         scores += live.bias
+        if live.first:  # the table holds the live rows alone
+            scores = np.concatenate([self._vectors @ vector + self._bias, scores])
         return scores
+
+    def _rows(self, indices: np.ndarray, live: LiveItems) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors and biases of items by combined index under `live`."""
+        if not live.first:
+            return live.vectors[indices], live.bias[indices]
+        trained = indices < live.first
+        vectors = np.empty((len(indices), self.dim), np.float32)
+        bias = np.empty(len(indices), np.float32)
+        vectors[trained], bias[trained] = (
+            self._vectors[indices[trained]],
+            self._bias[indices[trained]],
+        )
+        rows = indices[~trained] - live.first
+        vectors[~trained], bias[~trained] = live.vectors[rows], live.bias[rows]
+        return vectors, bias
 
     def top_k(
         self,
@@ -365,7 +386,8 @@ class ServingModel:
             range(size, size + len(live))
         )
         pool = np.array([i for i in found if i not in blocked], dtype=np.intp)
-        scores = live.vectors[pool] @ np.asarray(vector, dtype=np.float32) + live.bias[pool]
+        vectors, bias = self._rows(pool, live)
+        scores = vectors @ np.asarray(vector, dtype=np.float32) + bias
         best = np.argsort(-scores, kind="stable")[:k]
         return [
             (self.item_ids[i] if i < size else live.ids[i - size], float(s))

@@ -68,7 +68,8 @@ def test_retired_items_never_come_back_and_registered_ones_join(model_dir) -> No
     best = indexed.top_k(vector, 5)[0][0]
     catalogue.apply(ItemEntry(best, available=False), record_ts=0)
     catalogue.publish(indexed)
+    size = len(indexed.item_ids)
+    assert indexed.live.first == size and indexed.live.vectors.shape == (1, indexed.dim)
     everything = dict(indexed.top_k(vector, len(indexed.item_ids) + 1))
     assert best not in everything and "launch" in everything
-    size = len(indexed.item_ids)
     assert [i for i, _ in indexed.top_k(vector, 3, candidates=[size])] == ["launch"]
