@@ -93,7 +93,8 @@ def redis_bytes_per_item(model_dir: Path, store: Any, users: list[str]) -> dict:
         SourcedEvent("events", 0, n, Event(f"w{n}", users[n], "measured", "click", 1.0, 0))
         for n in range(WARM)
     ]
-    ItemWarmup(items, store).apply(model, events)
+    states = {user: record.vector for user, record in store.get_many(users[:WARM]).items()}
+    ItemWarmup(items).apply(model, events, states)
     record = items.get_many(["measured"])["measured"]
     return {
         "warming_item_bytes": store.client.memory_usage(item_key("measured")),

@@ -24,6 +24,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from service.errors import ConflictError, HistoryError, StoreError
 from service.events import Event
 from service.history import History, HistoryEntry, Interaction
@@ -87,27 +89,49 @@ class EventApplier:
         before any write or after writes that the watermarks make idempotent, so the batch
         can be applied again without that user's events."""
         pending = group_by_user(events)
-        applied, hits = 0, None
+        applied, hits, vectors, stored = 0, None, {}, {}
         for _ in range(self.max_conflicts + 1):
-            updates = self._updates(pending)
+            updates, read = self._updates(pending)
+            stored.update(read)
             if hits is None:  # judged on the states as they were before this batch
                 hits = self._judge_hits(updates)
-            written = self._write(updates) if updates else set()
+            written = self._write(updates) if updates else {}
+            vectors.update(written)
             applied += sum(len(updates[user].events) for user in written)
             # Reported as each user is written: a batch that fails is retried, and a user
             # not yet written would otherwise be judged twice, one already written never.
-            for user in written & hits.keys():
+            for user in written.keys() & hits.keys():
                 self.observer.on_hit(hits[user])
             pending = {user: pending[user] for user in updates if user not in written}
             if not pending:
                 if self.items is not None:
-                    self.items.apply(self.model, events)
+                    self.items.apply(self.model, events, self._states(events, vectors, stored))
                 return applied
             logger.info("%s users changed under us; re-reading them", len(pending))
         raise ConflictError(f"{len(pending)} users kept losing compare-and-set races")
 
-    def _updates(self, pending: Mapping[str, list[SourcedEvent]]) -> dict[str, _Update]:
-        """Loads the users (one round trip) and keeps only events above their watermarks."""
+    def _states(
+        self,
+        events: Sequence[SourcedEvent],
+        written: Mapping[str, np.ndarray],
+        stored: Mapping[str, UserRecord],
+    ) -> dict[str, np.ndarray]:
+        """The vector each user of an event on an untrained item holds after the batch: as
+        written, or (every event of theirs a replay) as stored; none for a user with no
+        state. What a registered item's warm-up adds up, with no second read."""
+        users = {e.event.user_id for e in events if e.event.item_id not in self.model.item_index}
+        states = {user: written[user] for user in users & written.keys()}
+        for user in users - written.keys():
+            record = stored.get(user)
+            if record is not None:
+                states[user] = self.model.vector(record, self._interactions(record))
+        return states
+
+    def _updates(
+        self, pending: Mapping[str, list[SourcedEvent]]
+    ) -> tuple[dict[str, _Update], dict[str, UserRecord]]:
+        """Loads the users (one round trip) and keeps only events above their watermarks;
+        the updates, and the records as read."""
         stored = self.store.get_many(pending)
         updates, replayed = {}, 0
         for user, events in pending.items():
@@ -123,7 +147,7 @@ class EventApplier:
             # are being lost (README, Scale out).
             logger.info("%d events at or below their users' applied offsets skipped", replayed)
             self.observer.on_replayed(replayed)
-        return updates
+        return updates, stored
 
     def _update(self, user: str, stored: UserRecord | None, events: list[SourcedEvent]) -> _Update:
         """The user's next record (history and watermarks advanced) and its interactions."""
@@ -147,8 +171,9 @@ class EventApplier:
         )
         return _Update(stored, events, record, self._interactions(record))
 
-    def _write(self, updates: Mapping[str, _Update]) -> set[str]:
-        """Re-adapts every updated user in one call and writes them in one pipeline."""
+    def _write(self, updates: Mapping[str, _Update]) -> dict[str, np.ndarray]:
+        """Re-adapts every updated user in one call and writes them in one pipeline; the
+        vectors of those written."""
         records = [update.record for update in updates.values()]
         histories = [update.interactions for update in updates.values()]
         profiles = [record.profile for record in records]
@@ -171,7 +196,7 @@ class EventApplier:
             for sourced in events:
                 if sourced.event.ts is not None:
                     self.observer.on_freshness(max(0.0, (written_at - sourced.event.ts) / 1000))
-        return written
+        return {record.user_id: record.vector for record in records if record.user_id in written}
 
     def _interactions(self, record: UserRecord) -> list[Interaction]:
         """The record's history as the model reads it; StoreError names an unreadable one."""

@@ -11,6 +11,7 @@ that it is current.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -73,10 +74,9 @@ class ItemRegistry:
             )
         model, stamp = self.model, now_ms()
         entries = [self._entry(n, document, model, stamp) for n, document in enumerate(documents)]
-        ids = [entry.item_id for entry in entries]
-        if len(set(ids)) < len(ids):
-            twice = next(i for i in ids if ids.count(i) > 1)
-            raise InvalidRequest(f"item {twice[:64]!r} appears more than once in one call")
+        twice = [i for i, n in Counter(e.item_id for e in entries).items() if n > 1]
+        if twice:
+            raise InvalidRequest(f"item {twice[0][:64]!r} appears more than once in one call")
         registered = len({e.item_id for e in entries if not self._known(e.item_id, model)})
         checks = [self.sink.send_record(e.item_id.encode(), e.to_json()) for e in entries]
         self.sink.flush()

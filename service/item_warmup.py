@@ -5,7 +5,7 @@ An item registered while serving starts from its features and text; each of its 
 `item_warm_after` events pulls it towards the event's user, as the item step learned
 (trainer.items.item_step). The step needs of its users only their count and the sum of
 their vectors, so an item's record is that sum, added to event by event. The user's vector
-is the one the batch just wrote (their state after the batch), read back in one round trip.
+is the one the batch just wrote (their state after the batch), handed over by the applier.
 Exactly once, as for users: each item record keeps the highest applied offset per topic and
 partition, so a replayed event is dropped, and a write that lost a compare-and-set race
 (another replica applied events of the same item from its own partitions) is read again
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.errors import ConflictError, HistoryError, StoreError
+from service.errors import ConflictError
 from service.model import ServingModel
 from service.observer import StreamObserver
-from service.state import ItemRecord, ItemStateStore, StateStore, now_ms
+from service.state import ItemRecord, ItemStateStore, now_ms
 
 if TYPE_CHECKING:
     from service.applier import SourcedEvent
@@ -37,24 +37,26 @@ class ItemWarmup:
     def __init__(
         self,
         items: ItemStateStore,
-        users: StateStore,
         observer: StreamObserver | None = None,
         max_conflicts: int = 3,
     ) -> None:
         self.items = items
-        self.users = users
         self.observer = observer or StreamObserver()
         self.max_conflicts = max_conflicts
 
-    def apply(self, model: ServingModel, events: Sequence[SourcedEvent]) -> int:
+    def apply(
+        self,
+        model: ServingModel,
+        events: Sequence[SourcedEvent],
+        states: Mapping[str, np.ndarray],
+    ) -> int:
         """Applies the events on items the model was not trained on; returns how many were
-        new. Call after the batch's users are written: their vectors are read back."""
+        new. `states`: each user's vector after the batch (none: the prior)."""
         pending = _by_item([e for e in events if e.event.item_id not in model.item_index])
         if not pending:
             return 0
-        vectors = self._user_vectors(
-            model, {e.event.user_id for es in pending.values() for e in es}
-        )
+        prior = model.prior.numpy()
+        vectors = {e.event.user_id: states.get(e.event.user_id, prior) for e in events}
         applied = 0
         for _ in range(self.max_conflicts + 1):
             stored = self.items.get_many(pending)
@@ -73,17 +75,6 @@ class ItemWarmup:
                 return applied
             logger.info("%s items changed under us; re-reading them", len(pending))
         raise ConflictError(f"{len(pending)} items kept losing compare-and-set races")
-
-    def _user_vectors(self, model: ServingModel, users: set[str]) -> dict[str, np.ndarray]:
-        """Each user's vector under the model as stored now; the prior for one with none."""
-        vectors = {}
-        for user, record in self.users.get_many(users).items():
-            try:
-                vectors[user] = model.vector(record, model.interactions(record.history))
-            except HistoryError as error:
-                raise StoreError.of(user, error) from None
-        prior = model.prior.numpy()
-        return {user: vectors.get(user, prior) for user in users}
 
 
 def _next_record(

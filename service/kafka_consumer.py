@@ -118,7 +118,7 @@ class EventConsumer:
     ) -> None:
         self.config = config
         self.observer = observer or StreamObserver()
-        warmup = None if items is None else ItemWarmup(items, store, self.observer)
+        warmup = None if items is None else ItemWarmup(items, self.observer)
         self.applier = EventApplier(model, store, self.observer, items=warmup)
         self._registrations: KafkaEventSink | None = None
         self._registered: set[str] = (
@@ -241,17 +241,14 @@ class EventConsumer:
                 self.applier.apply(valid)
                 return
             except (StoreError, ItemStateError) as error:
-                if isinstance(error, StoreError):
-                    lost = [s for s in valid if s.event.user_id == error.user_id]
-                else:
-                    lost = [s for s in valid if s.event.item_id == error.item_id]
+                lost = [s for s in valid if _names(s, error)]
                 if not lost:  # not a user or item of this batch: nothing to set aside
                     raise
                 logger.error("dead-lettering the events of an unreadable state: %s", error)
                 unreadable = InvalidEvent(UNREADABLE_STATE, str(error))
                 for sourced in lost:
                     self._dead_letter(source[sourced.partition, sourced.offset], unreadable)
-                valid = [s for s in valid if s not in lost]
+                valid = [s for s in valid if not _names(s, error)]
 
     def _register(self, valid: Sequence[SourcedEvent]) -> None:
         """Registers, on the items topic, each item of the batch that the catalogue lacks
@@ -347,6 +344,13 @@ class EventConsumer:
             highwater, position = consumer.highwater(tp), consumer.position(tp, timeout_ms=0)
             if highwater is not None and position is not None:
                 self.observer.on_lag(tp.partition, max(0, highwater - position))
+
+
+def _names(sourced: SourcedEvent, error: StoreError | ItemStateError) -> bool:
+    """Whether the event is one of the unreadable state's: its user's, or its item's."""
+    if isinstance(error, StoreError):
+        return sourced.event.user_id == error.user_id
+    return sourced.event.item_id == error.item_id
 
 
 def _first_offsets(records: Iterable[ConsumerRecord]) -> dict[TopicPartition, int]:

@@ -130,7 +130,6 @@ class LiveCatalogue:
                 bias=bias,
                 registered_ms=np.array([self.registered_ms[i] for i in ids], np.int64),
                 hidden=np.array(sorted(retired), np.intp),
-                hidden_set=frozenset(retired),
                 first=first,
             )
 

@@ -15,6 +15,7 @@ catalogue's size, live row `i - size` above it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,13 +30,17 @@ class LiveItems:
     bias: np.ndarray  # (I + L,) or (L,) float32 item biases b, likewise
     registered_ms: np.ndarray  # (L,) int64 when each live item was registered
     hidden: np.ndarray  # (H,) intp combined indices never recommended: the retired items
-    hidden_set: frozenset[int] = frozenset()  # the same, for an index's few candidates
     first: int = 0  # the combined index of the table's first row: 0, or I (live rows only)
 
     @classmethod
     def empty(cls, vectors: np.ndarray, bias: np.ndarray) -> LiveItems:
         """No live item: the trained tables themselves (shared, not copied)."""
         return cls([], {}, vectors, bias, np.zeros(0, np.int64), np.zeros(0, np.intp))
+
+    @functools.cached_property
+    def hidden_set(self) -> frozenset[int]:
+        """`hidden` as a set, for an index's few candidates; made once per snapshot."""
+        return frozenset(self.hidden.tolist())
 
     def __len__(self) -> int:
         return len(self.ids)

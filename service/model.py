@@ -366,9 +366,8 @@ class ServingModel:
         if len(live.hidden):
             scores[live.hidden] = -np.inf
         best = torch.from_numpy(scores).topk(min(k, scores.shape[0]))  # faster than argpartition
-        size = len(self.item_ids)
         return [
-            (self.item_ids[i] if i < size else live.ids[i - size], s)
+            (self._item_id(i, live), s)
             for i, s in zip(best.indices.tolist(), best.values.tolist(), strict=True)
             if s != -np.inf
         ]
@@ -390,9 +389,14 @@ class ServingModel:
         scores = vectors @ np.asarray(vector, dtype=np.float32) + bias
         best = np.argsort(-scores, kind="stable")[:k]
         return [
-            (self.item_ids[i] if i < size else live.ids[i - size], float(s))
+            (self._item_id(i, live), s)
             for i, s in zip(pool[best].tolist(), scores[best].tolist(), strict=True)
         ]
+
+    def _item_id(self, index: int, live: LiveItems) -> str:
+        """The id of a combined index under `live`."""
+        size = len(self.item_ids)
+        return self.item_ids[index] if index < size else live.ids[index - size]
 
 
 def _cold_start(model: ColdStartModel, codes: tuple[int, ...]) -> np.ndarray:

@@ -17,7 +17,7 @@ from service.history import History, HistoryEntry
 from service.item_warmup import ItemWarmup
 from service.live_catalogue import LiveCatalogue
 from service.model import ServingModel
-from service.state import ItemRecord, UserRecord
+from service.state import ItemRecord
 from trainer.items import item_step
 from trainer.split import Support
 
@@ -99,14 +99,6 @@ def test_a_model_swap_keeps_registered_items_and_scores_known_ones_as_trained(
     assert summary is not None and summary.state == "trained"
 
 
-class MemoryUsers:
-    def __init__(self, records: Iterable[UserRecord]) -> None:
-        self.records = {r.user_id: r for r in records}
-
-    def get_many(self, user_ids: Iterable[str]) -> dict[str, UserRecord]:
-        return {u: self.records[u] for u in user_ids if u in self.records}
-
-
 class MemoryItems:
     """Compare-and-set in memory, as the Lua script does it."""
 
@@ -135,21 +127,18 @@ def events_on(item: str, users: list[str], partition: int = 0) -> list[SourcedEv
 
 def test_the_warmup_adds_each_event_once_and_pulls_at_most_warm_after(model: ServingModel) -> None:
     vectors = {f"u{n}": np.full(model.dim, n + 1.0, np.float32) for n in range(60)}
-    users = MemoryUsers(
-        UserRecord(u, v, History([HistoryEntry(model.item_ids[0], None)]), model.version, 1)
-        for u, v in vectors.items()
-    )
     items = MemoryItems()
-    warmup = ItemWarmup(items, users)
+    warmup = ItemWarmup(items)
     batch = events_on("launch", list(vectors)) + events_on(model.item_ids[1], ["u0"])
-    assert warmup.apply(model, batch) == 60  # the trained item's event is not an item's warm-up
-    assert warmup.apply(model, batch) == 0  # a replay changes nothing
+    # the trained item's event is not an item's warm-up
+    assert warmup.apply(model, batch, vectors) == 60
+    assert warmup.apply(model, batch, vectors) == 0  # a replay changes nothing
     record = items.records["launch"]
     cap = model.warm_after
     assert (record.count, record.pulls) == (60, min(60, cap))
     expected = sum(vectors[f"u{n}"] for n in range(min(60, cap)))
     np.testing.assert_allclose(record.pull_sum, expected)
-    assert warmup.apply(model, events_on("launch", ["u1"], partition=1)) == 1
+    assert warmup.apply(model, events_on("launch", ["u1"], partition=1), vectors) == 1
     assert items.records["launch"].count == 61
     assert items.records["launch"].watermarks == {("events", 0): 59, ("events", 1): 0}
 
@@ -159,8 +148,7 @@ def test_a_warmup_under_another_model_restarts_its_pulls(model: ServingModel) ->
     items.records["launch"] = ItemRecord(
         "launch", 4, 4, np.ones(model.dim, np.float32), "old-model", 3, {("events", 0): 3}
     )
-    users = MemoryUsers([])  # a user with no state pulls with the prior
-    ItemWarmup(items, users).apply(model, events_on("launch", ["a"] * 5))
+    ItemWarmup(items).apply(model, events_on("launch", ["a"] * 5), {})  # no state: the prior
     record = items.records["launch"]
     assert (record.count, record.pulls, record.model_version) == (5, 1, model.version)
     np.testing.assert_allclose(record.pull_sum, model.prior.numpy())
