@@ -110,8 +110,12 @@ class LiveCatalogue:
         return counts
 
     def publish(self, model: ServingModel) -> None:
-        """Builds the model's live rows from the catalogue and swaps them in."""
+        """Builds the model's live rows from the catalogue and swaps them in. A model that
+        reads text has its encoder loaded here, at the first publish (before the replica
+        serves), not at the first registration, which would wait seconds for it."""
         with self._lock:
+            if model.text_dim:
+                self._encoder_for(model)
             live = [e for i, e in self.entries.items() if i not in model.item_index]
             rows = self._built_rows(model, live)
             ids = [entry.item_id for entry in live]
